@@ -1,0 +1,104 @@
+"""ModelConfig: the whole architecture of a forecaster, small and frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["KINDS", "ConfigError", "ModelConfig"]
+
+KINDS = ("diagonal_ssm", "selective_ssm", "rwkv7")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str
+    n_channels: int
+    horizon: int
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    d_model: int = 64
+    n_layers: int = 2
+    # SSM state slots per inner channel (N).
+    d_state: int = 16
+    # SSM inner width = expand * d_model.
+    expand: int = 2
+    # Width of the selective SSM's causal convolution; its last inputs are part of the state.
+    conv_kernel: int = 4
+    # RWKV-7 head size; d_model must be a multiple of it.
+    head_size: int = 16
+    # Known-ahead covariates per step (e.g. calendar features), appended to the input.
+    n_covariates: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("n_channels", "horizon", "d_model", "n_layers", "d_state", "expand", "head_size"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("conv_kernel", self.conv_kernel, minimum=2)
+        _positive_int("n_covariates", self.n_covariates, minimum=0)
+        if self.d_model % self.head_size:
+            raise ConfigError(
+                f"ModelConfig.head_size must divide d_model ({self.d_model}), got {self.head_size}"
+            )
+        qs = self.quantiles
+        if isinstance(qs, (str, bytes)) or not isinstance(qs, (tuple, list)) or not qs:
+            raise ConfigError(f"ModelConfig.quantiles must be a non-empty sequence, got {qs!r}")
+        if any(isinstance(q, bool) or not isinstance(q, (int, float)) for q in qs):
+            raise ConfigError(f"ModelConfig.quantiles must be numbers, got {qs!r}")
+        qs = tuple(float(q) for q in qs)
+        if any(not 0.0 < q < 1.0 for q in qs) or any(a >= b for a, b in zip(qs, qs[1:], strict=False)):
+            raise ConfigError(
+                f"ModelConfig.quantiles must be strictly increasing and inside (0, 1), got {qs}"
+            )
+        if 0.5 not in qs:
+            raise ConfigError(f"ModelConfig.quantiles must contain 0.5 (the point forecast), got {qs}")
+        object.__setattr__(self, "quantiles", qs)
+
+    @property
+    def median_index(self) -> int:
+        return self.quantiles.index(0.5)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["quantiles"] = list(self.quantiles)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s) {unknown}; known: {sorted(known)}")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in d and f.default is dataclasses.MISSING
+        )
+        if missing:
+            raise ConfigError(f"ModelConfig is missing required field(s) {missing}")
+        kwargs = dict(d)
+        if isinstance(kwargs.get("quantiles"), list):
+            kwargs["quantiles"] = tuple(kwargs["quantiles"])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ConfigError("ModelConfig JSON must be an object")
+        return cls.from_dict(d)
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"ModelConfig.{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,201 @@
+"""Forecaster: input encoder -> recurrent backbone -> quantile head, with window and step views.
+
+The backbone (one per model kind, in its own file) carries the recurrence; this wrapper only adds
+what every kind shares, and checks inputs so a bad shape is a clear error, not a broadcast.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from forecast.config import ModelConfig
+from forecast.layers import InputEncoder, QuantileHead
+from forecast.state import ModelState
+
+__all__ = ["Backbone", "Forecaster", "LayerStack"]
+
+LayerStates = tuple[NamedTuple, ...]
+
+
+class Backbone(nn.Module):
+    """A stack of recurrent layers over features of width D."""
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerStates:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, state: LayerStates) -> tuple[Tensor, LayerStates]:
+        """x [B, T, D] -> (y [B, T, D], state after the last step)."""
+        raise NotImplementedError
+
+    def step(self, x: Tensor, state: LayerStates) -> tuple[Tensor, LayerStates]:
+        """x [B, D] -> (y [B, D], next state): exactly one step of `forward`."""
+        raise NotImplementedError
+
+
+class LayerStack(Backbone):
+    """Layers applied in order, each carrying its own state (a NamedTuple)."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerStates:
+        return tuple(layer.init_state(batch_size, device, dtype) for layer in self.layers)
+
+    def forward(self, x: Tensor, state: LayerStates) -> tuple[Tensor, LayerStates]:
+        out = []
+        for layer, s in zip(self.layers, state, strict=True):
+            x, s = layer(x, s)
+            out.append(s)
+        return x, tuple(out)
+
+    def step(self, x: Tensor, state: LayerStates) -> tuple[Tensor, LayerStates]:
+        out = []
+        for layer, s in zip(self.layers, state, strict=True):
+            x, s = layer.step(x, s)
+            out.append(s)
+        return x, tuple(out)
+
+
+class Forecaster(nn.Module):
+    """Multivariate, multi-horizon quantile forecaster with a constant-size state per series.
+
+    forward(x [B, T, C], state) -> (y [B, T, H, C, Q], state): y[:, t] forecasts x[:, t+1 .. t+H].
+    step(x_t [B, C], state)     -> (y_t [B, H, C, Q], state): the same, one observation at a time.
+    NaN in x marks a missing value. Forecasts are in the units of x.
+    """
+
+    def __init__(self, cfg: ModelConfig, backbone: Backbone):
+        super().__init__()
+        self.config = cfg
+        self.encoder = InputEncoder(cfg)
+        self.backbone = backbone
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = QuantileHead(cfg)
+
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        return self.config.quantiles
+
+    def _param(self) -> Tensor:
+        return self.encoder.proj.weight
+
+    def init_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> ModelState:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        p = self._param()
+        layers = self.backbone.init_state(
+            batch_size, torch.device(device) if device is not None else p.device, dtype or p.dtype
+        )
+        return ModelState(self.config.kind, layers)
+
+    def state_nbytes(self) -> int:
+        """Bytes of hidden state per series (a constant of the architecture)."""
+        return self.init_state(1).nbytes
+
+    def state_from_bytes(self, blob: bytes) -> ModelState:
+        return ModelState.from_bytes(blob, self.init_state(1, device="cpu"))
+
+    @torch.no_grad()
+    def fit_scaler(self, x: Tensor) -> None:
+        """Per-channel mean and std from training data x [..., C] (NaN ignored)."""
+        flat = x.reshape(-1, self.config.n_channels).to(self.encoder.loc.dtype)
+        observed = ~torch.isnan(flat)
+        count = observed.sum(0)
+        if bool((count < 2).any()):
+            raise ValueError("fit_scaler needs at least two observed values in every channel")
+        filled = torch.where(observed, flat, torch.zeros_like(flat))
+        mean = filled.sum(0) / count
+        var = (torch.where(observed, flat - mean, torch.zeros_like(flat)) ** 2).sum(0) / count
+        std = var.sqrt()
+        # A constant channel would divide by zero; scale 1 leaves it centred and finite.
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        self.encoder.loc.copy_(mean)
+        self.encoder.scale.copy_(std)
+
+    def point(self, y: Tensor) -> Tensor:
+        """Point forecast (the median) from quantile forecasts [..., Q]."""
+        return y[..., self.config.median_index]
+
+    def forward(
+        self,
+        x: Tensor,
+        state: ModelState | None = None,
+        covariates: Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[Tensor, ModelState]:
+        """x [B, T, C] -> (y [B, T, H, C, Q], or [B, H, C, Q] with last_only, state)."""
+        self._check(x, covariates, time_axis=True)
+        batch = x.shape[0]
+        state = self._check_state(state, batch, x)
+        h = self.encoder(x.to(self._param().dtype), covariates)
+        h, layers = self.backbone(h, state.layers)
+        if last_only:
+            h = h[:, -1]
+        y = self.head(self.norm(h), self.encoder.loc, self.encoder.scale)
+        return y, ModelState(self.config.kind, layers)
+
+    def step(
+        self, x_t: Tensor, state: ModelState | None = None, covariates: Tensor | None = None
+    ) -> tuple[Tensor, ModelState]:
+        """x_t [B, C] -> (y_t [B, H, C, Q], next state)."""
+        self._check(x_t, covariates, time_axis=False)
+        state = self._check_state(state, x_t.shape[0], x_t)
+        h = self.encoder(x_t.to(self._param().dtype), covariates)
+        h, layers = self.backbone.step(h, state.layers)
+        y = self.head(self.norm(h), self.encoder.loc, self.encoder.scale)
+        return y, ModelState(self.config.kind, layers)
+
+    def _check(self, x: Tensor, covariates: Tensor | None, time_axis: bool) -> None:
+        cfg = self.config
+        lead = "[B, T, C]" if time_axis else "[B, C]"
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor {lead}")
+        if x.dim() != (3 if time_axis else 2) or x.shape[-1] != cfg.n_channels or x.shape[0] < 1:
+            raise ValueError(
+                f"x must have shape {lead} with C={cfg.n_channels}, got {tuple(x.shape)}"
+            )
+        if time_axis and x.shape[1] < 1:
+            raise ValueError("x must hold at least one time step")
+        if cfg.n_covariates == 0:
+            if covariates is not None:
+                raise ValueError("this model takes no covariates (n_covariates=0)")
+            return
+        if covariates is None:
+            raise ValueError(f"this model needs covariates [..., {cfg.n_covariates}]")
+        if covariates.shape != (*x.shape[:-1], cfg.n_covariates):
+            raise ValueError(
+                f"covariates must have shape {(*x.shape[:-1], cfg.n_covariates)}, "
+                f"got {tuple(covariates.shape)}"
+            )
+        if not bool(torch.isfinite(covariates).all()):
+            raise ValueError("covariates must be finite (they are known ahead, never missing)")
+
+    def _check_state(self, state: ModelState | None, batch: int, x: Tensor) -> ModelState:
+        if state is None:
+            return self.init_state(batch, device=x.device)
+        if not isinstance(state, ModelState) or state.kind != self.config.kind:
+            raise TypeError(f"state must be a ModelState of a {self.config.kind!r} model")
+        if state.batch_size != batch:
+            raise ValueError(f"state holds {state.batch_size} series but x holds {batch}")
+        expected = self._layout(state.named_tensors()[0][1].dtype)
+        if state.layout() != expected:
+            raise ValueError("state does not match this model's architecture (shapes or dtypes)")
+        return state
+
+    def _layout(self, dtype: torch.dtype) -> list[tuple[str, list[int], str]]:
+        # Cached per dtype: the check runs on every step and the layout is a constant.
+        cache: dict[torch.dtype, list[tuple[str, list[int], str]]] = self.__dict__.setdefault(
+            "_layouts", {}
+        )
+        if dtype not in cache:
+            cache[dtype] = self.init_state(1, device="cpu", dtype=dtype).layout()
+        return cache[dtype]
