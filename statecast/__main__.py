@@ -1,0 +1,5 @@
+import sys
+
+from statecast.cli import main
+
+sys.exit(main())
