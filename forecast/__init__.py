@@ -1,8 +1,8 @@
 """Recurrent forecasters: diagonal SSM, selective (Mamba-style) SSM and RWKV-7.
 
-    model = build_model(ModelConfig(kind="rwkv7", n_channels=7, horizon=24))
-    y, state = model(x)                  # x [B, T, C] -> y [B, T, H, C, Q]
-    y_t, state = model.step(x_t, state)  # x_t [B, C] -> y_t [B, H, C, Q]
+model = build_model(ModelConfig(kind="rwkv7", n_channels=7, horizon=24))
+y, state = model(x)                  # x [B, T, C] -> y [B, T, H, C, Q]
+y_t, state = model.step(x_t, state)  # x_t [B, C] -> y_t [B, H, C, Q]
 """
 
 from collections.abc import Callable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,7 +40,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
-        for name in ("n_channels", "horizon", "d_model", "n_layers", "d_state", "expand", "head_size"):
+        for name in (
+            "n_channels",
+            "horizon",
+            "d_model",
+            "n_layers",
+            "d_state",
+            "expand",
+            "head_size",
+        ):
             _positive_int(name, getattr(self, name))
         _positive_int("conv_kernel", self.conv_kernel, minimum=2)
         _positive_int("n_covariates", self.n_covariates, minimum=0)
@@ -53,12 +62,14 @@ class ModelConfig:
         if any(isinstance(q, bool) or not isinstance(q, (int, float)) for q in qs):
             raise ConfigError(f"ModelConfig.quantiles must be numbers, got {qs!r}")
         qs = tuple(float(q) for q in qs)
-        if any(not 0.0 < q < 1.0 for q in qs) or any(a >= b for a, b in zip(qs, qs[1:], strict=False)):
+        if any(not 0.0 < q < 1.0 for q in qs) or any(a >= b for a, b in itertools.pairwise(qs)):
             raise ConfigError(
                 f"ModelConfig.quantiles must be strictly increasing and inside (0, 1), got {qs}"
             )
         if 0.5 not in qs:
-            raise ConfigError(f"ModelConfig.quantiles must contain 0.5 (the point forecast), got {qs}")
+            raise ConfigError(
+                f"ModelConfig.quantiles must contain 0.5 (the point forecast), got {qs}"
+            )
         object.__setattr__(self, "quantiles", qs)
 
     @property

@@ -1,7 +1,8 @@
 """Diagonal linear time-invariant SSM forecaster (S4D-real / LRU family).
 
 Each layer: u = W_in norm(x); a diagonal SSM per inner channel d with N real modes,
-    h_t[d, n] = exp(dt[d] A[d, n]) h_{t-1}[d, n] + dt[d] B[n] u_t[d],   y_t[d] = C . h_t[d] + D[d] u_t[d]
+    h_t[d, n] = exp(dt[d] A[d, n]) h_{t-1}[d, n] + dt[d] B[n] u_t[d]
+    y_t[d]    = C . h_t[d] + D[d] u_t[d]
 with dt, A, B, C learned but constant in time; then W_out gelu(y) and a feed-forward block, both
 residual. The state is h: [B, E, N] per layer, a constant.
 """
@@ -40,7 +41,9 @@ class DiagonalSSMLayer(nn.Module):
         # [1e-3, 1e-1]. Time constants 1 / (dt |A|) then span ~0.6 to ~2000 steps: from the last
         # observation to months of hourly data, so daily and weekly cycles and slow drifts all
         # have modes that remember them.
-        self.A_log = nn.Parameter(torch.log(torch.arange(n, dtype=torch.float32) + 0.5).repeat(e, 1))
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(n, dtype=torch.float32) + 0.5).repeat(e, 1)
+        )
         log_dt = torch.empty(e).uniform_(math.log(DT_MIN), math.log(DT_MAX))
         self.dt_log = nn.Parameter(log_dt)
         self.B = nn.Parameter(torch.randn(n) / math.sqrt(n))

@@ -6,7 +6,7 @@ what every kind shares, and checks inputs so a bad shape is a clear error, not a
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,12 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
+class RecurrentLayer(Protocol):
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> NamedTuple: ...
+    def __call__(self, x: Tensor, state: Any) -> tuple[Tensor, NamedTuple]: ...
+    def step(self, x: Tensor, state: Any) -> tuple[Tensor, NamedTuple]: ...
+
+
 class LayerStack(Backbone):
     """Layers applied in order, each carrying its own state (a NamedTuple)."""
 
@@ -42,19 +48,22 @@ class LayerStack(Backbone):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
+    def _stack(self) -> list[RecurrentLayer]:
+        return [cast(RecurrentLayer, layer) for layer in self.layers]
+
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerStates:
-        return tuple(layer.init_state(batch_size, device, dtype) for layer in self.layers)
+        return tuple(layer.init_state(batch_size, device, dtype) for layer in self._stack())
 
     def forward(self, x: Tensor, state: LayerStates) -> tuple[Tensor, LayerStates]:
         out = []
-        for layer, s in zip(self.layers, state, strict=True):
+        for layer, s in zip(self._stack(), state, strict=True):
             x, s = layer(x, s)
             out.append(s)
         return x, tuple(out)
 
     def step(self, x: Tensor, state: LayerStates) -> tuple[Tensor, LayerStates]:
         out = []
-        for layer, s in zip(self.layers, state, strict=True):
+        for layer, s in zip(self._stack(), state, strict=True):
             x, s = layer.step(x, s)
             out.append(s)
         return x, tuple(out)

@@ -14,7 +14,7 @@ State per layer: the shift of each sub-block [B, D] and S [B, H, K, K].
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,9 @@ class TimeMix(nn.Module):
         )
         # Decay: log w = -exp(-softplus(-w0) - 0.5) per key channel. w0 from -6.5 to -1.5 across
         # channels gives per-step decays ~0.999 to ~0.9, i.e. memories of ~1000 to ~10 steps.
-        self.w0 = nn.Parameter(-6.5 + 5.0 * (torch.arange(d) / max(d - 1, 1)) ** (0.85 + depth**0.5))
+        self.w0 = nn.Parameter(
+            -6.5 + 5.0 * (torch.arange(d) / max(d - 1, 1)) ** (0.85 + depth**0.5)
+        )
         rank = max(4, d // 16)
         self.w1, self.w2 = _lora(d, rank)
         self.a0 = nn.Parameter(torch.zeros(d))
@@ -78,7 +80,9 @@ class TimeMix(nn.Module):
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """x, prev [..., D] -> (r, log_w, k, v, a, b per head [..., H, K]), gate g, v_first."""
         xx = prev - x
-        xr, xw, xk, xv, xa, xg = (x + xx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        xr, xw, xk, xv, xa, xg = (
+            x + xx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
+        )
         r = self.receptance(xr)
         log_w = -torch.exp(-F.softplus(-(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)) - 0.5)
         k = self.key(xk)
@@ -105,12 +109,13 @@ class TimeMix(nn.Module):
         self, x: Tensor, shift: Tensor, S: Tensor, v_first: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, D] -> (out [B, T, D], S_T, v_first [B, T, D])."""
-        batch, steps, d = x.shape
+        batch, steps, _ = x.shape
         prev = torch.cat([shift[:, None], x[:, :-1]], dim=1)
         (r, log_w, k, v, a, b), g, v_first = self._inputs(x, prev, v_first)
         y, S = kernels.rwkv7_scan(r, log_w, k, v, a, b, S)
         flat = [t.flatten(0, 1) for t in (y, r, k, v)]
-        out = self._output(*flat, g.flatten(0, 1)).unflatten(0, (batch, steps))
+        out = self._output(flat[0], flat[1], flat[2], flat[3], g.flatten(0, 1))
+        out = out.unflatten(0, (batch, steps))
         return out, S, v_first
 
     def step(
@@ -127,7 +132,9 @@ class ChannelMix(nn.Module):
         super().__init__()
         d = cfg.d_model
         depth = layer / max(cfg.n_layers - 1, 1)
-        self.x_k = nn.Parameter(1.0 - (torch.arange(d, dtype=torch.float32) / d) ** (1.0 - 0.5 * depth))
+        self.x_k = nn.Parameter(
+            1.0 - (torch.arange(d, dtype=torch.float32) / d) ** (1.0 - 0.5 * depth)
+        )
         self.key = nn.Linear(d, 4 * d, bias=False)
         self.value = nn.Linear(4 * d, d, bias=False)
 
@@ -178,22 +185,25 @@ class RWKV7(Backbone):
         super().__init__()
         self.layers = nn.ModuleList(RWKV7Layer(cfg, i) for i in range(cfg.n_layers))
 
+    def _stack(self) -> list[RWKV7Layer]:
+        return [cast(RWKV7Layer, layer) for layer in self.layers]
+
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerStates:
-        return tuple(layer.init_state(batch_size, device, dtype) for layer in self.layers)
+        return tuple(layer.init_state(batch_size, device, dtype) for layer in self._stack())
 
     def forward(self, x: Tensor, state: LayerStates) -> tuple[Tensor, LayerStates]:
         v_first = None
         out = []
-        for layer, s in zip(self.layers, state, strict=True):
-            x, s, v_first = layer(x, s, v_first)
+        for layer, s in zip(self._stack(), state, strict=True):
+            x, s, v_first = layer(x, cast(RWKV7State, s), v_first)
             out.append(s)
         return x, tuple(out)
 
     def step(self, x: Tensor, state: LayerStates) -> tuple[Tensor, LayerStates]:
         v_first = None
         out = []
-        for layer, s in zip(self.layers, state, strict=True):
-            x, s, v_first = layer.step(x, s, v_first)
+        for layer, s in zip(self._stack(), state, strict=True):
+            x, s, v_first = layer.step(x, cast(RWKV7State, s), v_first)
             out.append(s)
         return x, tuple(out)
 

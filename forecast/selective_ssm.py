@@ -11,7 +11,7 @@ conv_kernel - 1 conv inputs [B, E, K-1], both constant in size.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,9 @@ class SelectiveSSMLayer(nn.Module):
         dt = torch.exp(torch.empty(e).uniform_(math.log(DT_MIN), math.log(DT_MAX)))
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1))
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1)
+        )
         self.D = nn.Parameter(torch.ones(e))
         self.out_proj = nn.Linear(e, d, bias=False)
 
@@ -82,7 +84,8 @@ class SelectiveSSMLayer(nn.Module):
         """x [B, D] -> y [B, D]."""
         u, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)
         window = torch.cat([state.conv, u[..., None]], dim=-1)
-        u = F.silu((window * self.conv.weight[:, 0]).sum(-1) + self.conv.bias)
+        bias = cast(Tensor, self.conv.bias)
+        u = F.silu((window * self.conv.weight[:, 0]).sum(-1) + bias)
         dt, B, C = self._select(u)
         y, h = kernels.selective_scan_step(state.h, u, dt, -torch.exp(self.A_log), B, C)
         y = (y + self.D * u) * F.silu(z)

@@ -1,9 +1,10 @@
 """ModelState: the constant-size hidden state of a batch of series, and its safe byte format.
 
-A state is a frozen value: the model kind plus one NamedTuple of tensors per layer, every tensor with
-the series (batch) dimension first. Serialisation is safetensors (a JSON header and raw little-endian
-tensors, never pickle) with metadata naming the format version, the model kind and the layout (the
-names, per-series shapes and dtypes), so a blob from another model or architecture is rejected.
+A state is a frozen value: the model kind plus one NamedTuple of tensors per layer, every tensor
+with the series (batch) dimension first. Serialisation is safetensors (a JSON header and raw
+little-endian tensors, never pickle) with metadata naming the format version, the model kind and
+the layout (names, per-series shapes, dtypes), so a blob from another model or architecture is
+rejected.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ class ModelState:
 
     def layout(self) -> list[tuple[str, list[int], str]]:
         """Names, per-series shapes and dtypes: what must match for a blob to load."""
-        return [(n, list(t.shape[1:]), str(t.dtype).removeprefix("torch.")) for n, t in self.named_tensors()]
+        return [
+            (n, list(t.shape[1:]), str(t.dtype).removeprefix("torch."))
+            for n, t in self.named_tensors()
+        ]
 
     def layout_id(self) -> str:
         text = json.dumps([self.kind, self.layout()])
@@ -61,7 +65,9 @@ class ModelState:
 
     def map(self, fn: Any) -> ModelState:
         """Apply fn to every tensor (e.g. detach, to(device), index)."""
-        return ModelState(self.kind, tuple(type(layer)(*(fn(t) for t in layer)) for layer in self.layers))
+        return ModelState(
+            self.kind, tuple(layer._make(fn(t) for t in layer) for layer in self.layers)
+        )
 
     def detach(self) -> ModelState:
         return self.map(lambda t: t.detach())
@@ -87,7 +93,7 @@ class ModelState:
         layers = []
         for i, layer in enumerate(first.layers):
             fields = [torch.cat([s.layers[i][j] for s in states], 0) for j in range(len(layer))]
-            layers.append(type(layer)(*fields))
+            layers.append(layer._make(fields))
         return ModelState(first.kind, tuple(layers))
 
     def to_bytes(self) -> bytes:
@@ -134,10 +140,12 @@ class ModelState:
         for name, shape, dtype in expected:
             t = tensors[name]
             if list(t.shape[1:]) != shape or str(t.dtype).removeprefix("torch.") != dtype:
-                raise StateFormatError(f"state blob tensor {name} has shape/dtype {t.shape}/{t.dtype}")
+                raise StateFormatError(
+                    f"state blob tensor {name} has shape/dtype {t.shape}/{t.dtype}"
+                )
         layers = []
         for i, layer in enumerate(template.layers):
-            layers.append(type(layer)(*(tensors[f"layers.{i}.{f}"] for f in layer._fields)))
+            layers.append(layer._make(tensors[f"layers.{i}.{f}"] for f in layer._fields))
         return ModelState(template.kind, tuple(layers))
 
 
@@ -167,6 +175,7 @@ def _read_metadata(blob: bytes) -> dict[str, str]:
         raise StateFormatError("not a statecast state blob (bad tensor header)") from e
     if 8 + n + end != len(blob):
         raise StateFormatError(
-            f"state blob is truncated or has trailing bytes ({len(blob)} bytes, expected {8 + n + end})"
+            f"state blob is truncated or has trailing bytes "
+            f"({len(blob)} bytes, expected {8 + n + end})"
         )
     return meta

@@ -1,7 +1,7 @@
 """The one place where a scan implementation is chosen.
 
-Models call `selective_scan`, `selective_scan_step`, `rwkv7_scan` and `rwkv7_step` from here and never
-import an implementation directly. The choice is explicit: the `backend=` argument, else the
+Models call `selective_scan`, `selective_scan_step`, `rwkv7_scan` and `rwkv7_step` from here and
+never import an implementation directly. The choice is explicit: the `backend=` argument, else the
 `STATECAST_KERNELS` environment variable, else the tensors' device (the fastest backend registered
 for it). A missing backend is an error, never a silent fallback; each choice is logged once.
 """
@@ -84,7 +84,7 @@ def selective_scan(
 ) -> tuple[Tensor, Tensor]:
     """See kernels/selective_scan/reference.py. x, dt [B, T, D]; A [D, N]; B, C [B, T, N]."""
     fn = resolve("selective_scan", x.device.type, backend)
-    return fn(x, dt, A, B, C, h0)  # type: ignore[no-any-return]
+    return fn(x, dt, A, B, C, h0)
 
 
 def selective_scan_step(
@@ -92,7 +92,7 @@ def selective_scan_step(
 ) -> tuple[Tensor, Tensor]:
     """See kernels/selective_scan/reference.py. h [B, D, N]; x, dt [B, D]; B, C [B, N]."""
     fn = resolve("selective_scan_step", x.device.type, backend)
-    return fn(h, x, dt, A, B, C)  # type: ignore[no-any-return]
+    return fn(h, x, dt, A, B, C)
 
 
 def rwkv7_scan(
@@ -108,7 +108,7 @@ def rwkv7_scan(
 ) -> tuple[Tensor, Tensor]:
     """See kernels/rwkv7/reference.py. r, log_w, k, v, a, b [B, T, H, K]; S0 [B, H, K, K]."""
     fn = resolve("rwkv7_scan", r.device.type, backend)
-    return fn(r, log_w, k, v, a, b, S0)  # type: ignore[no-any-return]
+    return fn(r, log_w, k, v, a, b, S0)
 
 
 def rwkv7_step(
@@ -124,4 +124,4 @@ def rwkv7_step(
 ) -> tuple[Tensor, Tensor]:
     """See kernels/rwkv7/reference.py. S [B, H, K, K]; the rest [B, H, K]."""
     fn = resolve("rwkv7_step", r.device.type, backend)
-    return fn(S, r, log_w, k, v, a, b)  # type: ignore[no-any-return]
+    return fn(S, r, log_w, k, v, a, b)

@@ -55,7 +55,10 @@ class QuickstartResult:
 
 
 def load_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """A benchmark CSV (first column `date`, the rest numeric) -> (timestamps, channels, values [T, C])."""
+    """A benchmark CSV (first column `date`, the rest numeric channels).
+
+    Returns (timestamps, channel names, values [T, C]).
+    """
     frame = pl.read_csv(path)
     if frame.width < 2 or frame.columns[0] != "date":
         raise ValueError(f"{path}: expected a first column 'date' and numeric channels")
@@ -69,7 +72,9 @@ def run_quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     rng = np.random.default_rng(cfg.seed)
     stamps, channels, values = load_csv(cfg.data)
     if len(values) < TRAIN_ROWS + VAL_ROWS:
-        raise ValueError(f"{cfg.data}: needs at least {TRAIN_ROWS + VAL_ROWS} rows, has {len(values)}")
+        raise ValueError(
+            f"{cfg.data}: needs at least {TRAIN_ROWS + VAL_ROWS} rows, has {len(values)}"
+        )
     data = torch.tensor(values, dtype=torch.float32)
     model = build_model(
         ModelConfig(
@@ -106,8 +111,8 @@ def run_quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     with torch.no_grad():
         # Validation windows start `lookback` rows before the border, as in the standard protocol.
         last = TRAIN_ROWS + VAL_ROWS - cfg.horizon
-        starts = np.linspace(TRAIN_ROWS - cfg.lookback, last - cfg.lookback, cfg.val_windows)
-        idx = starts.astype(int)
+        first = TRAIN_ROWS - cfg.lookback
+        idx = np.linspace(first, last - cfg.lookback, cfg.val_windows).astype(int)
         windows = torch.stack([data[s : s + span] for s in idx])
         y, _ = model(windows[:, : cfg.lookback], last_only=True)
         truth = (windows[:, cfg.lookback :] - loc) / scale

@@ -24,11 +24,21 @@ def _demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     res = run_quickstart(cfg)
-    print(f"model {cfg.kind}: trained {cfg.steps} steps in {res.train_seconds:.1f} s on {cfg.data.name}")
-    print(f"validation MSE (scaled, H={cfg.horizon}): {res.val_mse:.4f}   naive last value: {res.naive_mse:.4f}")
+    print(
+        f"model {cfg.kind}: trained {cfg.steps} steps "
+        f"in {res.train_seconds:.1f} s on {cfg.data.name}"
+    )
+    print(
+        f"validation MSE (scaled, H={cfg.horizon}): {res.val_mse:.4f}   "
+        f"naive last value: {res.naive_mse:.4f}"
+    )
     print(f"hidden state per series: {res.state_nbytes} bytes (constant)")
     q = res.quantiles
-    print(f"forecast after streaming to {res.last_timestamp} (channel, step: " + ", ".join(f"q{x:g}" for x in q) + ")")
+    print(
+        f"forecast after streaming to {res.last_timestamp} (channel, step: "
+        + ", ".join(f"q{x:g}" for x in q)
+        + ")"
+    )
     for c, name in enumerate(res.channels):
         cells = []
         for h in (0, cfg.horizon // 2, cfg.horizon - 1):
@@ -42,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statecast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a small model on the bundled ETTh1 CSV and forecast")
-    demo.add_argument("--model", default="selective_ssm", help="diagonal_ssm, selective_ssm or rwkv7")
+    demo.add_argument(
+        "--model", default="selective_ssm", help="diagonal_ssm, selective_ssm or rwkv7"
+    )
     demo.add_argument("--data", default=None, help="a benchmark-style CSV (default: bundled ETTh1)")
     demo.add_argument("--steps", type=int, default=150, help="training steps")
     demo.add_argument("--horizon", type=int, default=24)
