@@ -1,13 +1,23 @@
-"""`statecast` command line: thin wrappers over library functions."""
+"""`statecast` command line: thin wrappers over library functions.
+
+statecast demo        train a small model on the bundled ETTh1 CSV, stream it, print forecasts
+statecast train       train on Ray, track in MLflow, optionally register (champion alias)
+statecast evaluate    score a logged or registered model under the standard protocol (JSON)
+statecast submit      run `statecast train ...` as a Ray job on a cluster, print the job id
+statecast mlflow-ui   serve the MLflow UI over the tracking store statecast uses
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -33,12 +43,8 @@ def _demo(args: argparse.Namespace) -> int:
         f"naive last value: {res.naive_mse:.4f}"
     )
     print(f"hidden state per series: {res.state_nbytes} bytes (constant)")
-    q = res.quantiles
-    print(
-        f"forecast after streaming to {res.last_timestamp} (channel, step: "
-        + ", ".join(f"q{x:g}" for x in q)
-        + ")"
-    )
+    q = ", ".join(f"q{x:g}" for x in res.quantiles)
+    print(f"forecast after streaming to {res.last_timestamp} (channel, step: {q})")
     for c, name in enumerate(res.channels):
         cells = []
         for h in (0, cfg.horizon // 2, cfg.horizon - 1):
@@ -48,9 +54,130 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_config(args: argparse.Namespace) -> object:
+    from pipelines.config import DataConfig
+
+    return DataConfig(
+        time_column=args.time_column,
+        channels=tuple(args.channels.split(",")) if args.channels else None,
+        frequency=args.frequency,
+        split=args.split_mode,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipelines.config import DataConfig, TrainConfig
+    from pipelines.train import train
+
+    cfg = TrainConfig(
+        data=args.data,
+        kind=args.model,
+        lookback=args.lookback,
+        horizon=args.horizon,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        steps_per_epoch=args.steps_per_epoch,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        workers=args.workers,
+        use_gpu=args.gpu,
+        seed=args.seed,
+        experiment=args.experiment,
+        register=args.register,
+        run_name=args.run_name,
+    )
+    data_cfg = _data_config(args)
+    assert isinstance(data_cfg, DataConfig)
+    res = train(cfg, data_cfg, resume=args.resume)
+    print(
+        json.dumps(
+            {
+                "run_id": res.run_id,
+                "model_uri": res.model_uri,
+                "test_mse": res.test_mse,
+                "test_mae": res.test_mae,
+                "best_val_mse": res.best_val_mse,
+                "epochs": res.epochs,
+                "registered_version": res.registered_version,
+                "champion": res.champion,
+            }
+        )
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from pipelines import settings
+    from pipelines.config import DataConfig
+    from pipelines.data import read_dataset
+    from pipelines.evaluate import evaluate_model
+
+    mlflow.set_tracking_uri(settings.tracking_uri())
+    wrapper = mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model()
+    model, extra = wrapper.model, wrapper.extra
+    data_cfg = DataConfig(
+        time_column=str(extra["time_column"]),
+        channels=tuple(extra["channels"]),
+        calendar=bool(extra["calendar"]),
+        missing_values=tuple(extra["missing_values"]),
+        split=args.split_mode,
+    )
+    data = read_dataset(args.data, data_cfg)
+    lookback = args.lookback or int(extra["lookback"])
+    res = evaluate_model(
+        model, data, lookback, args.horizon, args.split, args.split_mode, args.full_history
+    )
+    print(json.dumps(res.summary()))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from ray.job_submission import JobSubmissionClient
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SystemExit(
+            "statecast submit: give --address or set RAY_ADDRESS (e.g. http://head:8265)"
+        )
+    train_args = list(args.train_args)
+    if train_args[:1] == ["--"]:
+        train_args = train_args[1:]
+    # Parse here so a bad argument fails now, not on the cluster.
+    build_parser().parse_args(["train", *train_args])
+    entrypoint = shlex.join(["statecast", "train", *train_args])
+    runtime_env = {"working_dir": args.working_dir} if args.working_dir else None
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    print(job_id)
+    return 0
+
+
+def _mlflow_ui(args: argparse.Namespace) -> int:
+    from pipelines import settings
+
+    uri = settings.tracking_uri()
+    cmd = [
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", uri,
+        "--host", args.host, "--port", str(args.port),
+    ]  # fmt: skip
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", settings.artifact_root()]
+    print("statecast: " + shlex.join(cmd), file=sys.stderr)
+    os.execv(sys.executable, cmd)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="statecast", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="statecast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser("demo", help="train a small model on the bundled ETTh1 CSV and forecast")
     demo.add_argument(
         "--model", default="selective_ssm", help="diagonal_ssm, selective_ssm or rwkv7"
@@ -60,12 +187,72 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--horizon", type=int, default=24)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(fn=_demo)
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", required=True, help="CSV, Parquet, NetCDF (.nc) or Zarr (.zarr)")
+        p.add_argument("--time-column", default="date", help="time column (tables) or dim (grids)")
+        p.add_argument("--channels", default=None, help="comma-separated channels (default: all)")
+        p.add_argument("--frequency", default=None, help="e.g. 1h, 15min (default: inferred)")
+        p.add_argument(
+            "--split-mode", default="auto", choices=["auto", "ett-hourly", "ett-15min", "ratio"]
+        )
+
+    tr = sub.add_parser("train", help="train on Ray, track in MLflow")
+    data_options(tr)
+    tr.add_argument(
+        "--model", default="selective_ssm", choices=["diagonal_ssm", "selective_ssm", "rwkv7"]
+    )
+    tr.add_argument("--lookback", type=int, default=96)
+    tr.add_argument("--horizon", type=int, default=96)
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--patience", type=int, default=3)
+    tr.add_argument("--steps-per-epoch", type=int, default=0, help="0: all training windows")
+    tr.add_argument("--d-model", type=int, default=64)
+    tr.add_argument("--n-layers", type=int, default=2)
+    tr.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--experiment", default="statecast")
+    tr.add_argument("--register", default=None, help="registered model name (champion alias)")
+    tr.add_argument("--run-name", default=None)
+    tr.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
+    tr.set_defaults(fn=_train)
+
+    ev = sub.add_parser("evaluate", help="score a model under the standard protocol")
+    ev.add_argument("--model-uri", required=True, help="models:/NAME@champion, runs:/ID/model, ...")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--horizon", type=int, required=True)
+    ev.add_argument("--lookback", type=int, default=None, help="default: the training lookback")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument(
+        "--split-mode", default="auto", choices=["auto", "ett-hourly", "ett-15min", "ratio"]
+    )
+    ev.add_argument("--full-history", action="store_true", help="carry state through all data")
+    ev.set_defaults(fn=_evaluate)
+
+    sb = sub.add_parser("submit", help="run `statecast train ARGS` as a Ray job")
+    sb.add_argument("--address", default=None, help="Ray dashboard address (default: RAY_ADDRESS)")
+    sb.add_argument("--working-dir", default=None, help="upload this folder with the job")
+    sb.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the train arguments")
+    sb.set_defaults(fn=_submit)
+
+    ui = sub.add_parser("mlflow-ui", help="serve the MLflow UI over statecast's tracking store")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(fn=_mlflow_ui)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input is a clear message and exit code 2, not a traceback.
+        print(f"statecast {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""Calendar covariates: known ahead for any future step, so a forecaster may always use them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CALENDAR_FEATURES", "calendar_features"]
+
+CALENDAR_FEATURES = ("hour_sin", "hour_cos", "dow_sin", "dow_cos", "doy_sin", "doy_cos")
+
+
+def calendar_features(timestamps: np.ndarray) -> np.ndarray:
+    """timestamps [T] (datetime64) -> [T, 6] float32: sin/cos of time of day, weekday, day of year.
+
+    Sine and cosine keep midnight next to 23:59 and December next to January.
+    """
+    ts = timestamps.astype("datetime64[s]")
+    seconds_of_day = (ts - ts.astype("datetime64[D]")).astype(np.int64)
+    days = ts.astype("datetime64[D]").astype(np.int64)
+    # 1970-01-01 was a Thursday: weekday 3 when Monday is 0.
+    dow = (days + 3) % 7
+    year_start = ts.astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64)
+    doy = days - year_start
+    angles = [
+        2 * np.pi * seconds_of_day / 86400.0,
+        2 * np.pi * dow / 7.0,
+        2 * np.pi * doy / 365.25,
+    ]
+    cols = []
+    for a in angles:
+        cols += [np.sin(a), np.cos(a)]
+    return np.stack(cols, axis=-1).astype(np.float32)

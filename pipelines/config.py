@@ -1,0 +1,122 @@
+"""DataConfig and TrainConfig: small frozen dataclasses; unknown keys and bad values are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from forecast import KINDS, ModelConfig
+
+__all__ = ["DataConfig", "TrainConfig", "config_from_dict"]
+
+SPLITS = ("auto", "ett-hourly", "ett-15min", "ratio")
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How to read a dataset.
+
+    Tables (CSV/Parquet): one row per time step, `time_column` plus numeric channels; one series.
+    Grids (NetCDF/Zarr): variables are channels over `time_dim` and the other dims; every point of
+    the other dims (lat x lon, or station) is its own series, its coordinates static covariates.
+    """
+
+    time_column: str = "date"
+    # None: every numeric column (tables) or every variable with the time dim (grids).
+    channels: tuple[str, ...] | None = None
+    # Pandas-style offset ("1h", "15min", "10min"); None infers it from the most common step.
+    frequency: str | None = None
+    # Values that mean "missing" (the Jena weather file uses -9999); they become NaN (masked).
+    missing_values: tuple[float, ...] = (-9999.0,)
+    # Add hour/day-of-week/day-of-year covariates computed from the timestamps.
+    calendar: bool = True
+    # Split protocol: "auto" picks ETT's fixed month splits for ETTh*/ETTm* files, else "ratio"
+    # (70% train / 10% val / 20% test, as the benchmark literature does for weather).
+    split: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.time_column, str) or not self.time_column:
+            raise ValueError("DataConfig.time_column must be a non-empty string")
+        if self.channels is not None:
+            if isinstance(self.channels, str) or not all(isinstance(c, str) for c in self.channels):
+                raise ValueError(
+                    f"DataConfig.channels must be a list of names, got {self.channels!r}"
+                )
+            if not self.channels:
+                raise ValueError("DataConfig.channels must not be empty")
+            object.__setattr__(self, "channels", tuple(self.channels))
+        if self.split not in SPLITS:
+            raise ValueError(f"DataConfig.split must be one of {SPLITS}, got {self.split!r}")
+        object.__setattr__(self, "missing_values", tuple(float(v) for v in self.missing_values))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    kind: str = "selective_ssm"
+    lookback: int = 96
+    horizon: int = 96
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    # Stop after this many epochs without a better validation loss.
+    patience: int = 3
+    # Cap on optimiser steps per epoch (0 = one pass over all training windows).
+    steps_per_epoch: int = 0
+    # Weight of an MSE term on the median next to the pinball loss: the benchmarks score MSE.
+    mse_weight: float = 1.0
+    d_model: int = 64
+    n_layers: int = 2
+    d_state: int = 16
+    expand: int = 2
+    conv_kernel: int = 4
+    head_size: int = 16
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    experiment: str = "statecast"
+    register: str | None = None
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"TrainConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("lookback", "horizon", "epochs", "batch_size", "patience", "workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.steps_per_epoch < 0:
+            raise ValueError("TrainConfig.steps_per_epoch must be >= 0")
+        if not self.lr > 0 or self.weight_decay < 0 or self.mse_weight < 0:
+            raise ValueError("TrainConfig: lr must be > 0, weight_decay and mse_weight >= 0")
+        object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
+
+    def model_config(self, n_channels: int, n_covariates: int) -> ModelConfig:
+        return ModelConfig(
+            kind=self.kind,
+            n_channels=n_channels,
+            horizon=self.horizon,
+            quantiles=self.quantiles,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            d_state=self.d_state,
+            expand=self.expand,
+            conv_kernel=self.conv_kernel,
+            head_size=self.head_size,
+            n_covariates=n_covariates,
+        )
+
+
+def config_from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+    """Build a config dataclass from a mapping, naming unknown keys."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**kwargs)

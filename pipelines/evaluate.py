@@ -1,0 +1,102 @@
+"""Score a forecaster under the standard protocol, with a lookback window or its full history."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from forecast.model import Forecaster
+from pipelines.data import SeriesData
+from pipelines.protocol import ErrorSums, EvalResult, Predictor, evaluate_windows, protocol_splits
+
+__all__ = ["evaluate_model", "model_predictor"]
+
+
+def model_predictor(model: Forecaster) -> Predictor:
+    """Point forecast from the last position of each input window, in data units."""
+    param = next(model.parameters())
+
+    def predict(x: np.ndarray, cov: np.ndarray) -> np.ndarray:
+        xt = torch.as_tensor(x, dtype=param.dtype, device=param.device)
+        ct = torch.as_tensor(cov, dtype=param.dtype, device=param.device)
+        with torch.no_grad():
+            y, _ = model(xt, covariates=ct if model.config.n_covariates else None, last_only=True)
+        return model.point(y).float().cpu().numpy()
+
+    return predict
+
+
+def evaluate_model(
+    model: Forecaster,
+    data: SeriesData,
+    lookback: int,
+    horizon: int,
+    split: str = "test",
+    split_mode: str = "auto",
+    full_history: bool = False,
+    batch_size: int = 512,
+) -> EvalResult:
+    """MSE/MAE on scaled values (the model's own scaler) over every window of `split`.
+
+    full_history=False: each window sees `lookback` rows from a fresh state (the protocol).
+    full_history=True: the model carries its state through all rows before each window's forecast
+    origin (no window at all); the windows scored, and their targets, are the same.
+    """
+    if horizon > model.config.horizon:
+        raise ValueError(f"horizon {horizon} exceeds the model's horizon {model.config.horizon}")
+    bounds = protocol_splits(data.name, data.n_steps, split_mode).get(split)
+    scale = model.encoder.scale.double().cpu().numpy()
+    was_training = model.training
+    model.eval()
+    try:
+        if not full_history:
+            base = model_predictor(model)
+
+            def predict(x: np.ndarray, cov: np.ndarray) -> np.ndarray:
+                return base(x, cov)[:, :horizon]
+
+            return evaluate_windows(
+                predict, data.values, data.covariates, bounds, lookback, horizon, scale, batch_size
+            )
+        return _full_history(model, data, bounds, lookback, horizon, scale)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _full_history(
+    model: Forecaster,
+    data: SeriesData,
+    bounds: tuple[int, int],
+    lookback: int,
+    horizon: int,
+    scale: np.ndarray,
+    chunk: int = 512,
+) -> EvalResult:
+    from pipelines.protocol import window_starts
+
+    starts = window_starts(bounds, lookback, horizon)
+    # Forecast origins: the last input row of each window.
+    first, last = int(starts[0]) + lookback - 1, int(starts[-1]) + lookback - 1
+    param = next(model.parameters())
+    sums = ErrorSums(horizon, scale)
+    for series in range(data.n_series):
+        x = torch.as_tensor(data.values[series, : last + 1], dtype=param.dtype, device=param.device)
+        cov = torch.as_tensor(
+            data.covariates[series, : last + 1], dtype=param.dtype, device=param.device
+        )
+        state = None
+        for lo in range(0, last + 1, chunk):
+            hi = min(lo + chunk, last + 1)
+            y, state = model(
+                x[None, lo:hi],
+                state,
+                covariates=cov[None, lo:hi] if model.config.n_covariates else None,
+            )
+            origins = np.arange(max(lo, first), hi)
+            if len(origins) == 0:
+                continue
+            pred = model.point(y[0, origins - lo, :horizon]).float().cpu().numpy()
+            truth = data.values[series, origins[:, None] + 1 + np.arange(horizon)]
+            sums.add(pred, truth)
+    return sums.result()

@@ -1,0 +1,268 @@
+"""Training on Ray, tracked in MLflow: data -> windows -> TorchTrainer -> test score -> registry.
+
+The driver reads the data and fits the scaler on the train split, opens an MLflow run and logs
+every config field, runs Ray Train's TorchTrainer (a local Ray unless RAY_ADDRESS names a cluster),
+then scores the best weights on the test split, logs the plot and the model as a pyfunc, and with
+`register` registers it and moves the `champion` alias only when validation improves on the
+current champion's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from forecast import build_model
+from forecast.artifact import save_forecaster
+from forecast.model import Forecaster
+from pipelines import settings
+from pipelines.config import DataConfig, TrainConfig
+from pipelines.data import SeriesData, read_dataset
+from pipelines.evaluate import evaluate_model
+from pipelines.plots import plot_forecast
+from pipelines.protocol import protocol_splits, window_starts
+from pipelines.pyfunc import ForecasterPyfunc, forecast_frame
+
+__all__ = ["TrainResult", "register_model", "train"]
+
+log = logging.getLogger(__name__)
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model_uri: str
+    test_mse: float
+    test_mae: float
+    best_val_mse: float
+    epochs: int
+    registered_version: str | None
+    champion: bool
+    model: Forecaster
+
+
+def train(
+    cfg: TrainConfig,
+    data_cfg: DataConfig | None = None,
+    storage_path: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    import ray
+    from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.train_loop import train_loop
+
+    data_cfg = data_cfg or DataConfig()
+    data = read_dataset(cfg.data, data_cfg)
+    splits = protocol_splits(data.name, data.n_steps, data_cfg.split)
+    mcfg = cfg.model_config(len(data.channels), data.covariates.shape[-1])
+    model = build_model(mcfg)
+    train_lo, train_hi = splits.train
+    model.fit_scaler(torch.from_numpy(data.values[:, train_lo:train_hi]))
+
+    uri = settings.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment_id = _experiment(cfg.experiment, uri)
+    run_name = cfg.run_name or f"{cfg.kind}-{data.name}-H{cfg.horizon}"
+    storage = Path(storage_path or settings.home() / "ray").resolve()
+
+    resume_from = None
+    run_id = None
+    if resume:
+        resume_from, run_id = _latest_checkpoint(storage / run_name)
+        if resume_from is None:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint under {storage / run_name}")
+
+    with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=experiment_id) as run:
+        if run_id is None:
+            mlflow.log_params(_params(cfg, data_cfg, data, mcfg.to_dict()))
+        (storage / run_name).mkdir(parents=True, exist_ok=True)
+        (storage / run_name / "mlflow_run_id").write_text(run.info.run_id)
+
+        if not ray.is_initialized():
+            ray.init(address=settings.ray_address(), include_dashboard=False, log_to_driver=True)
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={
+                "train": dataclasses.asdict(cfg),
+                "model": mcfg.to_dict(),
+                "values": data.values,
+                "covariates": data.covariates,
+                "loc": model.encoder.loc.numpy(),
+                "scale": model.encoder.scale.numpy(),
+                "train_bounds": splits.train,
+                "val_bounds": splits.val,
+                "tracking_uri": uri,
+                "run_id": run.info.run_id,
+            },
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=2),
+            ),
+            resume_from_checkpoint=Checkpoint(str(resume_from)) if resume_from else None,
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training produced no checkpoint: {result.error}")
+        with result.checkpoint.as_directory() as folder:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(Path(folder) / "best.safetensors")))
+        model.eval()
+        metrics = result.metrics or {}
+        best_val = float(metrics.get("best_val_mse", np.nan))
+        epochs = int(metrics.get("epoch", -1)) + 1
+
+        test = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test", data_cfg.split)
+        mlflow.log_metrics({"test_mse": test.mse, "test_mae": test.mae, "best_val_mse": best_val})
+        for h in range(cfg.horizon):
+            mlflow.log_metric("test_mse_by_step", float(test.mse_by_step[h]), step=h + 1)
+            mlflow.log_metric("test_mae_by_step", float(test.mae_by_step[h]), step=h + 1)
+        extra = {**_extra(data_cfg, data), "lookback": cfg.lookback}
+        with tempfile.TemporaryDirectory() as tmp:
+            png = _plot(Path(tmp) / "forecast_test.png", model, data, splits.test, cfg)
+            mlflow.log_artifact(str(png), artifact_path="plots")
+            model_uri = _log_model(model, extra, data, cfg, Path(tmp))
+        version, champion = (None, False)
+        if cfg.register:
+            version, champion = register_model(cfg.register, model_uri, best_val, uri)
+        return TrainResult(
+            run_id=run.info.run_id,
+            model_uri=model_uri,
+            test_mse=test.mse,
+            test_mae=test.mae,
+            best_val_mse=best_val,
+            epochs=epochs,
+            registered_version=version,
+            champion=champion,
+            model=model,
+        )
+
+
+def _experiment(name: str, uri: str) -> str:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    # With the embedded sqlite store, artifacts go to a folder beside it.
+    location = settings.artifact_root() if uri.startswith("sqlite:") else None
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def _latest_checkpoint(run_dir: Path) -> tuple[Path | None, str | None]:
+    checkpoints = sorted(run_dir.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    complete = [c for c in checkpoints if (c / "progress.json").exists()]
+    run_id_file = run_dir / "mlflow_run_id"
+    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
+    return (complete[-1] if complete else None), run_id
+
+
+def _params(
+    cfg: TrainConfig, data_cfg: DataConfig, data: SeriesData, model: dict[str, Any]
+) -> dict[str, Any]:
+    params: dict[str, Any] = {f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()}
+    params.update({f"data.{k}": v for k, v in dataclasses.asdict(data_cfg).items()})
+    params.update({f"model.{k}": v for k, v in model.items()})
+    params.update(
+        {
+            "data.rows": data.n_steps,
+            "data.series": data.n_series,
+            "data.inferred_frequency": data.frequency,
+            "data.channel_names": ",".join(data.channels),
+        }
+    )
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
+def _extra(data_cfg: DataConfig, data: SeriesData) -> dict[str, object]:
+    from pipelines.calendar import CALENDAR_FEATURES
+
+    return {
+        "time_column": data_cfg.time_column,
+        "channels": list(data.channels),
+        "frequency": data.frequency,
+        "calendar": data_cfg.calendar,
+        "static_covariates": [n for n in data.covariate_names if n not in CALENDAR_FEATURES],
+        "missing_values": list(data_cfg.missing_values),
+    }
+
+
+def _plot(
+    path: Path, model: Forecaster, data: SeriesData, bounds: tuple[int, int], cfg: TrainConfig
+) -> Path:
+    start = int(window_starts(bounds, cfg.lookback, cfg.horizon)[0])
+    x = torch.from_numpy(data.values[0, start : start + cfg.lookback])[None]
+    cov = torch.from_numpy(data.covariates[0, start : start + cfg.lookback])[None]
+    with torch.no_grad():
+        y, _ = model(x, covariates=cov if model.config.n_covariates else None, last_only=True)
+    c = len(data.channels) - 1  # the target channel of the benchmarks (OT) is the last column
+    actual = data.values[0, start + cfg.lookback : start + cfg.lookback + cfg.horizon, c]
+    return plot_forecast(
+        path,
+        data.values[0, start : start + cfg.lookback, c],
+        actual,
+        y[0, :, c].numpy(),
+        model.quantiles,
+        data.channels[c],
+        f"{cfg.kind} on {data.name}: first test window",
+    )
+
+
+def _log_model(
+    model: Forecaster, extra: dict[str, object], data: SeriesData, cfg: TrainConfig, tmp: Path
+) -> str:
+    folder = save_forecaster(model, tmp / "forecaster", extra=extra)
+    rows = min(cfg.lookback, data.n_steps)
+    example = pd.DataFrame(data.values[0, :rows], columns=list(data.channels))
+    example.insert(0, str(extra["time_column"]), pd.to_datetime(data.timestamps[:rows]))
+    static = [str(n) for n in extra["static_covariates"]]  # type: ignore[attr-defined]
+    for i, name in enumerate(static):
+        # Static covariates are the last columns of the covariates.
+        example[name] = data.covariates[0, :rows, len(data.covariate_names) - len(static) + i]
+    output = forecast_frame(model, extra, example)
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values; `step` is never missing.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(example, output)
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=ForecasterPyfunc(),
+        artifacts={"forecaster": str(folder)},
+        signature=signature,
+        input_example=example.head(3),
+    )
+    return str(info.model_uri)
+
+
+def register_model(name: str, model_uri: str, best_val: float, uri: str) -> tuple[str, bool]:
+    """Register `model_uri` under `name`; move the champion alias to it only if its validation MSE
+    beats the current champion's (the first version always becomes champion)."""
+    client = MlflowClient(uri)
+    version = mlflow.register_model(model_uri, name).version
+    champion_val = None
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+        champion_val = client.get_run(str(current.run_id)).data.metrics.get("best_val_mse")
+    except mlflow.exceptions.MlflowException:
+        current = None  # no champion yet: the first version becomes one
+    better = champion_val is None or best_val < float(champion_val)
+    if better:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    log.info("registered %s version %s (champion: %s)", name, version, better)
+    return str(version), better

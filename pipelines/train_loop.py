@@ -1,0 +1,189 @@
+"""The per-worker training loop that Ray Train runs. It reads top to bottom:
+
+resume from the last checkpoint if there is one -> for each epoch: shuffled windows, pinball loss
+(+ MSE on the median), validation MSE under the protocol -> rank 0 logs to MLflow and writes a
+checkpoint (latest and best weights, optimiser, progress) -> early stop after `patience` epochs
+without a better validation MSE.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from forecast import ModelConfig, build_model
+from forecast.loss import horizon_targets, quantile_loss
+from forecast.model import Forecaster
+from pipelines.config import TrainConfig
+from pipelines.protocol import ErrorSums, window_starts
+
+__all__ = ["train_loop"]
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig(**config["train"])
+    mcfg = ModelConfig.from_dict(config["model"])
+    values: np.ndarray = config["values"]  # [S, T, C]
+    covariates: np.ndarray = config["covariates"]  # [S, T, K]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+
+    model = build_model(mcfg)
+    with torch.no_grad():
+        model.encoder.loc.copy_(torch.tensor(config["loc"]))
+        model.encoder.scale.copy_(torch.tensor(config["scale"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    progress = {"epoch": -1, "best_val_mse": math.inf, "bad_epochs": 0}
+    best_weights = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            model.load_state_dict(load_file(str(Path(folder) / "latest.safetensors")))
+            best_weights = load_file(str(Path(folder) / "best.safetensors"))
+            opt.load_state_dict(torch.load(Path(folder) / "optimizer.pt", weights_only=True))
+            progress = json.loads((Path(folder) / "progress.json").read_text())
+    wrapped = ray.train.torch.prepare_model(model)
+    core: Forecaster = model  # the unwrapped module, for step-free helpers and state_dict
+
+    train_bounds, val_bounds = tuple(config["train_bounds"]), tuple(config["val_bounds"])
+    span = cfg.lookback + cfg.horizon
+    train_windows = [
+        (s, start)
+        for s in range(values.shape[0])
+        for start in window_starts(train_bounds, cfg.lookback, cfg.horizon)
+    ]
+    tracker = _Tracker(config.get("tracking_uri"), config.get("run_id")) if rank == 0 else None
+
+    for epoch in range(int(progress["epoch"]) + 1, cfg.epochs):
+        rng = np.random.default_rng(cfg.seed + epoch)
+        order = rng.permutation(len(train_windows))[rank::world]
+        n_batches = len(order) // cfg.batch_size
+        if cfg.steps_per_epoch:
+            n_batches = min(n_batches, cfg.steps_per_epoch)
+        wrapped.train()
+        losses = []
+        for b in range(n_batches):
+            picked = [
+                train_windows[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            ]
+            x = torch.tensor(np.stack([values[s, t : t + span] for s, t in picked]), device=device)
+            cov = torch.tensor(
+                np.stack([covariates[s, t : t + cfg.lookback] for s, t in picked]), device=device
+            )
+            y, _ = wrapped(x[:, : cfg.lookback], covariates=cov if mcfg.n_covariates else None)
+            loss = _loss(core, y, horizon_targets(x, cfg.horizon), cfg.mse_weight)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+        train_loss = float(np.mean(losses)) if losses else math.nan
+        val_mse = _validate(core, values, covariates, val_bounds, cfg, device)
+
+        if val_mse < progress["best_val_mse"]:
+            progress.update(best_val_mse=val_mse, bad_epochs=0)
+            best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+        else:
+            progress["bad_epochs"] = int(progress["bad_epochs"]) + 1
+        progress["epoch"] = epoch
+        stop = int(progress["bad_epochs"]) >= cfg.patience
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_mse": val_mse, **progress}
+        if tracker is not None:
+            tracker.log(epoch, train_loss=train_loss, val_mse=val_mse)
+        with tempfile.TemporaryDirectory() as folder:
+            ckpt = None
+            if rank == 0:
+                assert best_weights is not None
+                save_file(_cpu(core.state_dict()), str(Path(folder) / "latest.safetensors"))
+                save_file(best_weights, str(Path(folder) / "best.safetensors"))
+                torch.save(opt.state_dict(), Path(folder) / "optimizer.pt")
+                (Path(folder) / "progress.json").write_text(json.dumps(progress))
+                ckpt = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if stop:
+            break
+
+
+def _loss(
+    model: Forecaster, y: torch.Tensor, target: torch.Tensor, mse_weight: float
+) -> torch.Tensor:
+    """Pinball over the quantiles plus MSE of the median, on scaled values. y [B,T,H,C,Q]."""
+    loc, scale = model.encoder.loc, model.encoder.scale
+    z = (y - loc[:, None]) / scale[:, None]
+    zt = (target - loc) / scale
+    loss = quantile_loss(z, zt, model.quantiles)
+    if mse_weight:
+        observed = ~torch.isnan(zt)
+        err = torch.where(observed, z[..., model.config.median_index] - torch.nan_to_num(zt), 0.0)
+        loss = loss + mse_weight * (err**2).sum() / observed.sum().clamp_min(1)
+    return loss
+
+
+@torch.no_grad()
+def _validate(
+    model: Forecaster,
+    values: np.ndarray,
+    covariates: np.ndarray,
+    bounds: tuple[int, int],
+    cfg: TrainConfig,
+    device: torch.device,
+    batch_size: int = 512,
+) -> float:
+    """Validation MSE under the protocol (every window, scaled values, last position)."""
+    was = model.training
+    model.eval()
+    sums = ErrorSums(cfg.horizon, model.encoder.scale.double().cpu().numpy())
+    starts = window_starts(bounds, cfg.lookback, cfg.horizon)
+    for s in range(values.shape[0]):
+        for i in range(0, len(starts), batch_size):
+            batch = starts[i : i + batch_size]
+            idx = batch[:, None] + np.arange(cfg.lookback)
+            x = torch.tensor(values[s, idx], device=device)
+            cov = (
+                torch.tensor(covariates[s, idx], device=device)
+                if model.config.n_covariates
+                else None
+            )
+            y, _ = model(x, covariates=cov, last_only=True)
+            truth = values[s, batch[:, None] + cfg.lookback + np.arange(cfg.horizon)]
+            sums.add(model.point(y).cpu().numpy(), truth)
+    model.train(was)
+    return sums.result().mse
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+class _Tracker:
+    """Per-epoch metrics from rank 0 into the driver's MLflow run (Ray Train v2 has no MLflow
+    callback). A failed log is reported on stderr, never fatal to training."""
+
+    def __init__(self, uri: str | None, run_id: str | None):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(uri) if uri and run_id else None
+        self.run_id = run_id
+
+    def log(self, epoch: int, **metrics: float) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        import sys
+
+        for name, value in metrics.items():
+            try:
+                self.client.log_metric(self.run_id, name, value, step=epoch)
+            except Exception as e:  # the tracking server may be down; training goes on
+                print(f"statecast: could not log {name} to MLflow: {e}", file=sys.stderr)
