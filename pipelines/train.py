@@ -61,7 +61,7 @@ def train(
     resume: bool = False,
 ) -> TrainResult:
     import ray
-    from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.train_loop import train_loop
@@ -80,18 +80,17 @@ def train(
     run_name = cfg.run_name or f"{cfg.kind}-{data.name}-H{cfg.horizon}"
     storage = Path(storage_path or settings.home() / "ray").resolve()
 
-    resume_from = None
+    # Ray Train v2 resumes natively when a run directory (storage_path/name) is reused, so every
+    # fresh run gets its own directory, named by its MLflow run id, and --resume reuses the latest.
     run_id = None
     if resume:
-        resume_from, run_id = _latest_checkpoint(storage / run_name)
-        if resume_from is None:
+        run_id = _latest_run(storage / run_name)
+        if run_id is None:
             raise FileNotFoundError(f"nothing to resume: no checkpoint under {storage / run_name}")
 
     with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=experiment_id) as run:
         if run_id is None:
             mlflow.log_params(_params(cfg, data_cfg, data, mcfg.to_dict()))
-        (storage / run_name).mkdir(parents=True, exist_ok=True)
-        (storage / run_name / "mlflow_run_id").write_text(run.info.run_id)
 
         if not ray.is_initialized():
             ray.init(address=settings.ray_address(), include_dashboard=False, log_to_driver=True)
@@ -111,11 +110,10 @@ def train(
             },
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
             run_config=RunConfig(
-                name=run_name,
-                storage_path=str(storage),
+                name=run.info.run_id,
+                storage_path=str(storage / run_name),
                 failure_config=FailureConfig(max_failures=2),
             ),
-            resume_from_checkpoint=Checkpoint(str(resume_from)) if resume_from else None,
         )
         result = trainer.fit()
         if result.checkpoint is None:
@@ -165,12 +163,10 @@ def _experiment(name: str, uri: str) -> str:
     return str(client.create_experiment(name, artifact_location=location))
 
 
-def _latest_checkpoint(run_dir: Path) -> tuple[Path | None, str | None]:
-    checkpoints = sorted(run_dir.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    complete = [c for c in checkpoints if (c / "progress.json").exists()]
-    run_id_file = run_dir / "mlflow_run_id"
-    run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
-    return (complete[-1] if complete else None), run_id
+def _latest_run(folder: Path) -> str | None:
+    """MLflow run id (= Ray run directory) of the latest run under `folder` with a checkpoint."""
+    runs = [d for d in folder.glob("*") if d.is_dir() and any(d.glob("checkpoint_*/progress.json"))]
+    return max(runs, key=lambda d: d.stat().st_mtime).name if runs else None
 
 
 def _params(
@@ -229,7 +225,8 @@ def _log_model(
 ) -> str:
     folder = save_forecaster(model, tmp / "forecaster", extra=extra)
     rows = min(cfg.lookback, data.n_steps)
-    example = pd.DataFrame(data.values[0, :rows], columns=list(data.channels))
+    # float64 columns in the signature: callers' frames (CSV, JSON) arrive as double.
+    example = pd.DataFrame(data.values[0, :rows].astype(np.float64), columns=list(data.channels))
     example.insert(0, str(extra["time_column"]), pd.to_datetime(data.timestamps[:rows]))
     static = [str(n) for n in extra["static_covariates"]]  # type: ignore[attr-defined]
     for i, name in enumerate(static):

@@ -32,7 +32,9 @@ def _shared(name: str) -> Path:
         ("weather.csv", 52696, 36887, 5270, 10539),
     ],
 )
-def test_splits_and_scaler_match_the_protocol(name: str, rows: int, train: int, val: int, test: int) -> None:
+def test_splits_and_scaler_match_the_protocol(
+    name: str, rows: int, train: int, val: int, test: int
+) -> None:
     data = read_dataset(_shared(name), DataConfig())
     assert data.n_steps == rows
     s = protocol_splits(data.name, data.n_steps)
@@ -64,7 +66,9 @@ def test_seasonal_naive_known_answer() -> None:
     rng = np.random.default_rng(0)
     n, c, period, lookback, horizon = 300, 2, 24, 48, 30
     t = np.arange(n)
-    values = np.stack([np.sin(2 * np.pi * t / period) * 3 + rng.normal(0, 0.5, n) for _ in range(c)], -1)
+    values = np.stack(
+        [np.sin(2 * np.pi * t / period) * 3 + rng.normal(0, 0.5, n) for _ in range(c)], -1
+    )
     values = values[None].astype(np.float64)
     scale = np.array([2.0, 0.5])
 
@@ -73,7 +77,9 @@ def test_seasonal_naive_known_answer() -> None:
         return x[:, lookback - period + steps % period]
 
     bounds = (200, 300)
-    res = evaluate_windows(seasonal_naive, values, np.zeros((1, n, 0)), bounds, lookback, horizon, scale)
+    res = evaluate_windows(
+        seasonal_naive, values, np.zeros((1, n, 0)), bounds, lookback, horizon, scale
+    )
 
     total_sq = total_ab = count = 0.0
     windows = 0

@@ -1,0 +1,126 @@
+"""End to end with a real local Ray and a real MLflow store (sqlite + artifact folder):
+train on a slice of ETTh1, resume, register with the champion rule, load back through pyfunc."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import DataConfig, TrainConfig
+from pipelines.data import read_dataset
+from pipelines.pyfunc import forecast_frame
+from pipelines.train import TrainResult, register_model, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real MLflow sqlite store and a local Ray for this module."""
+    import ray
+
+    home = tmp_path_factory.mktemp("statecast_home")
+    old = {k: os.environ.get(k) for k in ("STATECAST_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["STATECAST_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield home
+    finally:
+        ray.shutdown()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def etth1_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "etth1_slice.csv"
+    lines = (ROOT / "data" / "ETTh1.csv").read_text().splitlines()[:1201]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _config(data: Path, epochs: int) -> TrainConfig:
+    return TrainConfig(
+        data=str(data),
+        kind="selective_ssm",
+        lookback=32,
+        horizon=8,
+        epochs=epochs,
+        batch_size=16,
+        steps_per_epoch=4,
+        patience=5,
+        d_model=16,
+        n_layers=1,
+        experiment="test-train",
+        register="etth1-slice",
+        run_name="slice-run",
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(store: Path, etth1_slice: Path) -> TrainResult:
+    return train(_config(etth1_slice, epochs=2), DataConfig(split="ratio"))
+
+
+def test_run_is_tracked(trained: TrainResult, store: Path) -> None:
+    client = MlflowClient()
+    run = client.get_run(trained.run_id)
+    assert run.data.params["train.kind"] == "selective_ssm"
+    assert run.data.params["model.horizon"] == "8"
+    assert run.data.params["data.split"] == "ratio"
+    for name in ("train_loss", "val_mse"):
+        history = client.get_metric_history(trained.run_id, name)
+        assert [m.step for m in history] == [0, 1], name
+    assert run.data.metrics["test_mse"] == pytest.approx(trained.test_mse)
+    assert len(client.get_metric_history(trained.run_id, "test_mse_by_step")) == 8
+    artifacts = [a.path for a in client.list_artifacts(trained.run_id, "plots")]
+    assert artifacts == ["plots/forecast_test.png"]
+    png = Path(mlflow.artifacts.download_artifacts(run_id=trained.run_id, artifact_path="plots"))
+    assert (png / "forecast_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(store) in mlflow.get_tracking_uri()
+
+
+def test_registered_model_predicts_like_the_in_memory_model(
+    trained: TrainResult, etth1_slice: Path
+) -> None:
+    assert trained.registered_version == "1" and trained.champion
+    loaded = mlflow.pyfunc.load_model("models:/etth1-slice@champion")
+    history = pd.read_csv(etth1_slice, parse_dates=["date"]).iloc[100:180]
+    got = loaded.predict(history)
+    data = read_dataset(etth1_slice, DataConfig())
+    extra = {"time_column": "date", "channels": list(data.channels), "calendar": True}
+    want = forecast_frame(trained.model, extra, history)
+    assert len(got) == 8 * 7
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_exact=True)
+
+
+def test_champion_moves_only_on_better_validation(trained: TrainResult) -> None:
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(uri)
+    worse, moved = register_model("etth1-slice", trained.model_uri, trained.best_val_mse + 1.0, uri)
+    assert not moved
+    assert str(client.get_model_version_by_alias("etth1-slice", "champion").version) == "1"
+    better, moved = register_model(
+        "etth1-slice", trained.model_uri, trained.best_val_mse - 1.0, uri
+    )
+    assert moved and int(better) == int(worse) + 1
+    assert str(client.get_model_version_by_alias("etth1-slice", "champion").version) == better
+
+
+def test_resume_continues_from_the_last_checkpoint(trained: TrainResult, etth1_slice: Path) -> None:
+    resumed = train(_config(etth1_slice, epochs=3), DataConfig(split="ratio"), resume=True)
+    assert resumed.run_id == trained.run_id
+    assert resumed.epochs == 3
+    history = MlflowClient().get_metric_history(trained.run_id, "val_mse")
+    # Epochs 0 and 1 from the first run, epoch 2 from the resumed one: nothing retrained.
+    assert [m.step for m in history] == [0, 1, 2]
