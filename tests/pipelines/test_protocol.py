@@ -108,7 +108,7 @@ def test_data_config_errors_are_clear(tmp_path: Path) -> None:
         read_dataset(ROOT / "data" / "ETTh1.csv", DataConfig(frequency="5min"))
     with pytest.raises(ValueError, match="not a valid frequency"):
         read_dataset(ROOT / "data" / "ETTh1.csv", DataConfig(frequency="every tuesday"))
-    with pytest.raises(ValueError, match="DataConfig.split"):
+    with pytest.raises(ValueError, match=r"DataConfig\.split"):
         DataConfig(split="random")
     bad = tmp_path / "bad.csv"
     bad.write_text("date,a\n2020-01-01 00:00:00,1\n2020-01-01 01:00:00,x\n")
