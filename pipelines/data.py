@@ -126,7 +126,12 @@ def _from_grid(
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], np.ndarray | None, list[str]]:
     import xarray as xr
 
-    ds = xr.open_zarr(path) if path.suffix.lower() == ".zarr" else xr.open_dataset(path)
+    ds = (
+        # Unconsolidated reads work for every store (Zarr v2 or v3, consolidated or not).
+        xr.open_zarr(path, consolidated=False)
+        if path.suffix.lower() == ".zarr"
+        else xr.open_dataset(path)
+    )
     try:
         tdim = cfg.time_column
         if tdim not in ds.dims:

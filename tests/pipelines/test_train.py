@@ -3,8 +3,6 @@ train on a slice of ETTh1, resume, register with the champion rule, load back th
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -18,27 +16,6 @@ from pipelines.pyfunc import forecast_frame
 from pipelines.train import TrainResult, register_model, train
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real MLflow sqlite store and a local Ray for this module."""
-    import ray
-
-    home = tmp_path_factory.mktemp("statecast_home")
-    old = {k: os.environ.get(k) for k in ("STATECAST_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["STATECAST_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield home
-    finally:
-        ray.shutdown()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
