@@ -16,6 +16,8 @@ from typing import Any
 from torch import Tensor
 
 from kernels.rwkv7 import reference as rwkv7_reference
+from kernels.rwkv7.chunk import rwkv7_chunk
+from kernels.rwkv7.fused_recurrent import rwkv7_step_fused
 from kernels.selective_scan import reference as selective_scan_reference
 
 __all__ = [
@@ -34,8 +36,10 @@ log = logging.getLogger(__name__)
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
     "selective_scan": {"reference": selective_scan_reference.selective_scan},
     "selective_scan_step": {"reference": selective_scan_reference.selective_scan_step},
-    "rwkv7_scan": {"reference": rwkv7_reference.rwkv7_scan},
-    "rwkv7_step": {"reference": rwkv7_reference.rwkv7_step},
+    # Triton: the chunked (tensor-core) scan for windows, the fused single step for streaming
+    # (forward only: pass backend="reference" to differentiate through `step` on CUDA).
+    "rwkv7_scan": {"reference": rwkv7_reference.rwkv7_scan, "triton": rwkv7_chunk},
+    "rwkv7_step": {"reference": rwkv7_reference.rwkv7_step, "triton": rwkv7_step_fused},
 }
 # Preference per device type when nothing is asked for explicitly.
 _PREFERENCE = {"cuda": ("triton", "reference"), "cpu": ("reference",)}

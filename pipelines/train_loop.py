@@ -19,10 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from forecast import ModelConfig, build_model
-from forecast.loss import horizon_targets, quantile_loss
 from forecast.model import Forecaster
 from pipelines.config import TrainConfig
-from pipelines.protocol import ErrorSums, window_starts
+from pipelines.fit import train_epoch, training_windows, validate
 
 __all__ = ["train_loop"]
 
@@ -58,39 +57,14 @@ def train_loop(config: dict[str, Any]) -> None:
     core: Forecaster = model  # the unwrapped module, for step-free helpers and state_dict
 
     train_bounds, val_bounds = tuple(config["train_bounds"]), tuple(config["val_bounds"])
-    span = cfg.lookback + cfg.horizon
-    train_windows = [
-        (s, start)
-        for s in range(values.shape[0])
-        for start in window_starts(train_bounds, cfg.lookback, cfg.horizon)
-    ]
+    train_windows = training_windows(values.shape[0], train_bounds, cfg)
     tracker = _Tracker(config.get("tracking_uri"), config.get("run_id")) if rank == 0 else None
 
     for epoch in range(int(progress["epoch"]) + 1, cfg.epochs):
-        rng = np.random.default_rng(cfg.seed + epoch)
-        order = rng.permutation(len(train_windows))[rank::world]
-        n_batches = len(order) // cfg.batch_size
-        if cfg.steps_per_epoch:
-            n_batches = min(n_batches, cfg.steps_per_epoch)
-        wrapped.train()
-        losses = []
-        for b in range(n_batches):
-            picked = [
-                train_windows[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            ]
-            x = torch.tensor(np.stack([values[s, t : t + span] for s, t in picked]), device=device)
-            cov = torch.tensor(
-                np.stack([covariates[s, t : t + cfg.lookback] for s, t in picked]), device=device
-            )
-            y, _ = wrapped(x[:, : cfg.lookback], covariates=cov if mcfg.n_covariates else None)
-            loss = _loss(core, y, horizon_targets(x, cfg.horizon), cfg.mse_weight)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(loss.item())
-        train_loss = float(np.mean(losses)) if losses else math.nan
-        val_mse = _validate(core, values, covariates, val_bounds, cfg, device)
+        train_loss = train_epoch(
+            wrapped, core, opt, values, covariates, train_windows, cfg, epoch, rank, world, device
+        )
+        val_mse = validate(core, values, covariates, val_bounds, cfg, device)
 
         if val_mse < progress["best_val_mse"]:
             progress.update(best_val_mse=val_mse, bad_epochs=0)
@@ -114,53 +88,6 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
         if stop:
             break
-
-
-def _loss(
-    model: Forecaster, y: torch.Tensor, target: torch.Tensor, mse_weight: float
-) -> torch.Tensor:
-    """Pinball over the quantiles plus MSE of the median, on scaled values. y [B,T,H,C,Q]."""
-    loc, scale = model.encoder.loc, model.encoder.scale
-    z = (y - loc[:, None]) / scale[:, None]
-    zt = (target - loc) / scale
-    loss = quantile_loss(z, zt, model.quantiles)
-    if mse_weight:
-        observed = ~torch.isnan(zt)
-        err = torch.where(observed, z[..., model.config.median_index] - torch.nan_to_num(zt), 0.0)
-        loss = loss + mse_weight * (err**2).sum() / observed.sum().clamp_min(1)
-    return loss
-
-
-@torch.no_grad()
-def _validate(
-    model: Forecaster,
-    values: np.ndarray,
-    covariates: np.ndarray,
-    bounds: tuple[int, int],
-    cfg: TrainConfig,
-    device: torch.device,
-    batch_size: int = 512,
-) -> float:
-    """Validation MSE under the protocol (every window, scaled values, last position)."""
-    was = model.training
-    model.eval()
-    sums = ErrorSums(cfg.horizon, model.encoder.scale.double().cpu().numpy())
-    starts = window_starts(bounds, cfg.lookback, cfg.horizon)
-    for s in range(values.shape[0]):
-        for i in range(0, len(starts), batch_size):
-            batch = starts[i : i + batch_size]
-            idx = batch[:, None] + np.arange(cfg.lookback)
-            x = torch.tensor(values[s, idx], device=device)
-            cov = (
-                torch.tensor(covariates[s, idx], device=device)
-                if model.config.n_covariates
-                else None
-            )
-            y, _ = model(x, covariates=cov, last_only=True)
-            truth = values[s, batch[:, None] + cfg.lookback + np.arange(cfg.horizon)]
-            sums.add(model.point(y).cpu().numpy(), truth)
-    model.train(was)
-    return sums.result().mse
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,145 @@
+"""Accuracy on the standard long-horizon benchmarks (../shared/data/README.md protocol).
+
+For each dataset, horizon and lookback: train (the same epoch loop as `statecast train`, without
+Ray or MLflow so it runs anywhere, GPU included), keep the best validation epoch, then score every
+test window with a lookback window and in "full history" mode (the state carried through all data
+before each window). Prints one table; --out appends JSON lines for docs/RESULTS.md.
+
+    python bench/accuracy.py --datasets ETTh1 --horizons 96 720 --lookbacks 96 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from forecast import build_model
+from pipelines.config import DataConfig, TrainConfig
+from pipelines.data import read_dataset
+from pipelines.evaluate import evaluate_model
+from pipelines.fit import train_epoch, training_windows, validate
+from pipelines.protocol import protocol_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+# Best published MSE from ../shared/data/README.md: (at lookback 96, at any lookback).
+PUBLISHED = {
+    ("ETTh1", 96): (0.375, 0.361),
+    ("ETTh1", 720): (0.481, 0.440),
+    ("ETTm1", 96): (0.320, 0.290),
+    ("ETTm1", 720): (0.454, 0.415),
+    ("weather", 96): (0.163, 0.147),
+    ("weather", 720): (0.339, 0.310),
+}
+
+
+def run_one(path: Path, cfg: TrainConfig, device: str) -> dict[str, object]:
+    torch.manual_seed(cfg.seed)
+    data = read_dataset(path, DataConfig())
+    splits = protocol_splits(data.name, data.n_steps)
+    model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
+    model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    windows = training_windows(data.n_series, splits.train, cfg)
+    best, best_state, bad, epochs = math.inf, None, 0, 0
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        loss = train_epoch(
+            model, model, opt, data.values, data.covariates, windows, cfg, epoch, device=device
+        )
+        val = validate(model, data.values, data.covariates, splits.val, cfg, device)
+        epochs = epoch + 1
+        tag = f"{data.name} H={cfg.horizon} L={cfg.lookback}"
+        print(f"  {tag} epoch {epoch}: loss {loss:.4f} val {val:.4f}", flush=True)
+        if val < best:
+            best, bad = val, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    train_s = time.perf_counter() - start
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    window = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test")
+    full = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test", full_history=True)
+    published = PUBLISHED.get((data.name, cfg.horizon), (math.nan, math.nan))
+    return {
+        "dataset": data.name,
+        "kind": cfg.kind,
+        "horizon": cfg.horizon,
+        "lookback": cfg.lookback,
+        "epochs": epochs,
+        "val_mse": best,
+        "test_mse": window.mse,
+        "test_mae": window.mae,
+        "full_history_mse": full.mse,
+        "full_history_mae": full.mae,
+        "windows": window.windows,
+        "published_best_l96": published[0],
+        "published_best_any": published[1],
+        "train_seconds": round(train_s, 1),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--datasets", nargs="+", default=["ETTh1", "ETTm1", "weather"])
+    p.add_argument("--horizons", nargs="+", type=int, default=[96, 192, 336, 720])
+    p.add_argument("--lookbacks", nargs="+", type=int, default=[96])
+    p.add_argument("--kind", default="selective_ssm")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--steps-per-epoch", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="append one JSON line per result")
+    args = p.parse_args()
+    rows = []
+    for name in args.datasets:
+        for horizon in args.horizons:
+            for lookback in args.lookbacks:
+                cfg = TrainConfig(
+                    data=str(Path(args.data_dir) / f"{name}.csv"),
+                    kind=args.kind,
+                    lookback=lookback,
+                    horizon=horizon,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    d_model=args.d_model,
+                    n_layers=args.n_layers,
+                    steps_per_epoch=args.steps_per_epoch,
+                )
+                row = run_one(Path(cfg.data), cfg, args.device)
+                rows.append(row)
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+    print(
+        "| dataset | H | L | model | test MSE | test MAE | full-history MSE "
+        "| best published (L=96 / any) | epochs | train s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['dataset']} | {r['horizon']} | {r['lookback']} | {r['kind']} "
+            f"| {r['test_mse']:.3f} | "
+            f"{r['test_mae']:.3f} | {r['full_history_mse']:.3f} | {r['published_best_l96']} / "
+            f"{r['published_best_any']} | {r['epochs']} | {r['train_seconds']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

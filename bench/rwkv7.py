@@ -1,0 +1,381 @@
+"""RWKV-7 state update on the GPU: correctness at full size, then timings (one section of
+bench/kernels.py; `python -m bench.rwkv7` prints the table on its own).
+
+Checks: every kernel on the main shape (B=64, T=4096, H=4, K=64, bfloat16, and float32 for ours)
+against the float64 reference run on the first two series (series are independent, so this is the
+full-length recurrence), output, final state and all gradients. Timings (bench/common.time_ms:
+CUDA events, median, inputs rotated among 3 copies): forward and forward+backward of the eager
+reference loop, the reference loop over a torch.compile'd step, our chunked and fused-recurrent
+kernels and fla's chunk_rwkv7; the single step for S series in microseconds, with and without
+CUDA graphs, ours against fla's fused_recurrent_rwkv7 and the eager reference step.
+
+Floor bytes: forward reads r, log_w, k, v, a, b once and writes y and S_T; forward+backward also
+reads dy and writes the six input gradients; the step reads and writes the state (float32) and
+reads its six inputs. GB/s = floor bytes / time, %copy = that over the measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.common import copy_bandwidth_gbps, rel_err, time_ms
+from kernels.rwkv7 import chunk, fused_recurrent
+from kernels.rwkv7.chunk import rwkv7_chunk
+from kernels.rwkv7.fused_recurrent import rwkv7_fused_recurrent, rwkv7_step_fused
+from kernels.rwkv7.reference import rwkv7_scan, rwkv7_step
+
+__all__ = ["rows"]
+
+BATCH, HEADS, SIZE = 64, 4, 64
+MAIN_T = 4096
+STEPS = (96, 512, 4096, 16384)
+SERIES = (1, 1024, 16384)
+COPIES = 3
+# Series checked against the float64 reference (its autograd keeps every step's state).
+CHECKED = 2
+# Where the benchmark runs (a CPU smoke test of this script swaps it).
+DEVICE = "cuda"
+
+Scan = Callable[..., tuple[Tensor, Tensor]]
+
+
+def _inputs(batch: int, steps: int, dtype: torch.dtype, seed: int) -> list[Tensor]:
+    """r, log_w, k, v, a, b [B, T, H, K] in the model's ranges (log_w in (-0.61, 0))."""
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    shape = (batch, steps, HEADS, SIZE)
+
+    def randn() -> Tensor:
+        return torch.randn(shape, generator=g, device=DEVICE)
+
+    r, k, v = randn(), randn(), randn()
+    log_w = -math.exp(-0.5) * torch.rand(shape, generator=g, device=DEVICE)
+    kk = F.normalize(randn(), dim=-1)
+    iclr = torch.rand(shape, generator=g, device=DEVICE)
+    return [x.to(dtype) for x in (r, log_w, k, v, -kk, kk * iclr)]
+
+
+def _fla() -> tuple[Scan, Scan]:
+    """fla's chunk_rwkv7 and fused_recurrent_rwkv7 in our layout (state [B, H, V, K])."""
+    from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
+
+    def fla_chunk(*xs: Tensor) -> tuple[Tensor, Tensor]:
+        # fla: w is the log decay, state [B, H, K, V]; scale 1 as in RWKV-7.
+        y, S = chunk_rwkv7(*xs, scale=1.0, initial_state=None, output_final_state=True)
+        return y, S.transpose(-1, -2)
+
+    def fla_step(S_kv: Tensor, *xs: Tensor) -> tuple[Tensor, Tensor]:
+        """S_kv [B, H, K, V] (fla's layout); xs [B, H, K]."""
+        y, S = fused_recurrent_rwkv7(
+            *(x[:, None] for x in xs), scale=1.0, initial_state=S_kv, output_final_state=True
+        )
+        return y[:, 0], S
+
+    return fla_chunk, fla_step
+
+
+def _grads(fn: Scan, xs: list[Tensor], dy: Tensor, dS: Tensor) -> list[Tensor]:
+    """[y, S_T, dr, dlog_w, dk, dv, da, db] for the loss <y, dy> + <S_T, dS>."""
+    leaves = [x.detach().requires_grad_() for x in xs]
+    y, S = fn(*leaves)
+    gs = torch.autograd.grad((y, S), leaves, (dy, dS.to(S.dtype)))
+    return [y.detach(), S.detach(), *gs]
+
+
+def _check(impls: dict[str, Scan], dtype: torch.dtype) -> dict[str, list[float]]:
+    """Relative errors against float64 for each impl: [y, S_T, dr, dlog_w, dk, dv, da, db]."""
+    xs = _inputs(BATCH, MAIN_T, dtype, seed=1)
+    g = torch.Generator(device=DEVICE).manual_seed(2)
+    dy = torch.randn(xs[0].shape, generator=g, device=DEVICE).to(dtype)
+    dS = torch.randn(BATCH, HEADS, SIZE, SIZE, generator=g, device=DEVICE)
+    ref = _grads(
+        rwkv7_scan, [x[:CHECKED].double() for x in xs], dy[:CHECKED].double(), dS[:CHECKED].double()
+    )
+    errs = {}
+    for name, fn in impls.items():
+        got = _grads(fn, xs, dy, dS)
+        errs[name] = [rel_err(want, have[:CHECKED]) for want, have in zip(ref, got, strict=True)]
+        del got
+    return errs
+
+
+def _time_scan(fn: Scan, steps: int, dtype: torch.dtype, backward: bool, reps: int) -> float:
+    sets = []
+    for i in range(COPIES):
+        xs = _inputs(BATCH, steps, dtype, seed=10 + i)
+        if backward:
+            xs = [x.requires_grad_() for x in xs]
+        dy = torch.randn_like(xs[0])
+        sets.append((xs, dy))
+
+    def run(arg: tuple[list[Tensor], Tensor]) -> None:
+        xs, dy = arg
+        y, _ = fn(*xs)
+        if backward:
+            torch.autograd.grad(y, xs, dy)
+
+    ms = time_ms(run, sets, warmup=1 if reps < 5 else 3, reps=reps)
+    del sets
+    torch.cuda.empty_cache()
+    return ms
+
+
+def _scan_bytes(steps: int, dtype: torch.dtype, backward: bool) -> int:
+    n = BATCH * steps * HEADS * SIZE * torch.finfo(dtype).bits // 8
+    state = BATCH * HEADS * SIZE * SIZE * torch.finfo(dtype).bits // 8
+    return 14 * n + state if backward else 7 * n + state
+
+
+def _compiled_reference() -> Scan:
+    # Each T gives the step's sliced inputs new strides and the first step a state without
+    # gradient: a dozen specialisations across the table, over dynamo's default limit of 8.
+    torch._dynamo.config.recompile_limit = 64
+    step = torch.compile(rwkv7_step, fullgraph=True, dynamic=False)
+
+    def scan(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor) -> Any:
+        batch, steps, heads, size = r.shape
+        S = r.new_zeros(batch, heads, size, size)
+        ys = []
+        for t in range(steps):
+            y, S = step(S, r[:, t], log_w[:, t], k[:, t], v[:, t], a[:, t], b[:, t])
+            ys.append(y)
+        return torch.stack(ys, dim=1), S
+
+    return scan
+
+
+def _progress(row: dict[str, Any]) -> None:
+    """One line per finished measurement on stderr, so a run cut short still shows what it did."""
+    print("  ".join(f"{k}={_fmt(v)}" for k, v in row.items()), file=sys.stderr, flush=True)
+
+
+def _row(
+    op: str,
+    impl: str,
+    steps: int,
+    pas: str,
+    ms: float | None,
+    nbytes: int,
+    copy: float,
+    err: float | None,
+    note: str = "",
+    unit: str = "ms",
+) -> dict[str, Any]:
+    gbps = None if ms is None else nbytes / (ms * 1e-3) / 1e9
+    return {
+        "op": op,
+        "impl": impl,
+        "T": steps,
+        "pass": pas,
+        unit: ms if ms is None or unit == "ms" else ms * 1e3,
+        "GB/s": gbps,
+        "%copy": None if gbps is None else 100 * gbps / copy,
+        "rel_err": err,
+        "note": note,
+    }
+
+
+def _step_rows(copy: float, fla_step: Scan) -> list[dict[str, Any]]:
+    out = []
+    for series in SERIES:
+        g = torch.Generator(device=DEVICE).manual_seed(series)
+        sets = []
+        for _ in range(COPIES):
+            S = torch.randn(series, HEADS, SIZE, SIZE, generator=g, device=DEVICE)
+            xs = [x[:, 0].float() for x in _inputs(series, 1, torch.float32, seed=series)]
+            sets.append([S, *xs])
+        nbytes = 2 * sets[0][0].numel() * 4 + 7 * sets[0][1].numel() * 4
+        want = rwkv7_step(*(x.double() for x in sets[0]))
+        impls: dict[str, Callable[[list[Tensor]], tuple[Tensor, Tensor]]] = {
+            "reference": lambda xs: rwkv7_step(*xs),
+            "triton": lambda xs: rwkv7_step_fused(*xs),
+            "fla fused_recurrent": lambda xs: fla_step(xs[0].transpose(-1, -2), *xs[1:]),
+        }
+
+        def fla_kv(xs: list[Tensor]) -> object:
+            return fla_step(*xs)
+
+        for name, fn in impls.items():
+            with torch.no_grad():
+                y, S_new = fn(sets[0])
+            if name.startswith("fla"):
+                S_new = S_new.transpose(-1, -2)
+            err = max(rel_err(want[0], y), rel_err(want[1], S_new))
+            # fla reads its state as [B, H, K, V]: give it that layout outside the timed region.
+            args = sets
+            call: Callable[[list[Tensor]], object] = fn
+            if name.startswith("fla"):
+                args = [[xs[0].transpose(-1, -2).contiguous(), *xs[1:]] for xs in sets]
+                call = fla_kv
+            for graph in (False, True):
+                note = f"S={series} series, " + ("CUDA graph replay" if graph else "eager launch")
+                with torch.no_grad():
+                    if not graph:
+                        ms: float | None = time_ms(call, args, warmup=3, reps=50)
+                    else:
+                        # A capture that fails is a result for this table (fla's kernels were not
+                        # written for capture), recorded as such rather than ending the run.
+                        try:
+                            ms = _graph_ms(call, args)
+                        except RuntimeError as exc:
+                            ms, note = None, f"{note} failed: {exc}"[:160]
+                out.append(_row("rwkv7", name, 1, "step", ms, nbytes, copy, err, note, "us"))
+                _progress(out[-1])
+    return out
+
+
+def _graph_ms(fn: Callable[[list[Tensor]], object], sets: list[list[Tensor]]) -> float:
+    """Median ms of replaying a CUDA graph of fn, one graph per input copy."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for xs in sets:
+            fn(xs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graphs = []
+    for xs in sets:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn(xs)
+        graphs.append(graph)
+    return time_ms(lambda gr: gr.replay(), graphs, warmup=3, reps=100)
+
+
+def rows(
+    quick: bool = False,
+    sections: tuple[str, ...] = ("check", "scan", "step"),
+    steps_list: tuple[int, ...] = STEPS,
+    impl_names: tuple[str, ...] | None = None,
+) -> list[dict[str, Any]]:
+    """Checks at full size, then the timing table (quick: main shape only, no eager/compile)."""
+    copy = copy_bandwidth_gbps()
+    fla_chunk, fla_step = _fla()
+    ours: dict[str, Scan] = {
+        "triton chunk": rwkv7_chunk,
+        "triton fused_recurrent": rwkv7_fused_recurrent,
+    }
+    run_checks = "check" in sections
+    errs = _check({**ours, "fla chunk_rwkv7": fla_chunk}, torch.bfloat16) if run_checks else {}
+    errs32 = _check(ours, torch.float32) if run_checks else {}
+    out: list[dict[str, Any]] = []
+    names = ["y", "S_T", "dr", "dlog_w", "dk", "dv", "da", "db"]
+    for label, table in (("bf16", errs), ("fp32", errs32)):
+        for name, e in table.items():
+            worst = max(range(len(e)), key=lambda i: e[i])
+            detail = " ".join(f"{n}={x:.1e}" for n, x in zip(names, e, strict=True))
+            out.append(
+                {
+                    "op": "rwkv7 check",
+                    "impl": f"{name} {label}",
+                    "T": MAIN_T,
+                    "pass": "fwd+bwd",
+                    "ms": None,
+                    "GB/s": None,
+                    "%copy": None,
+                    "rel_err": e[worst],
+                    "note": detail,
+                }
+            )
+            _progress(out[-1])
+    dtype = torch.bfloat16
+    impls: dict[str, Scan] = {**ours, "fla chunk_rwkv7": fla_chunk}
+    if not quick:
+        impls["eager reference"] = rwkv7_scan
+        impls["compiled step (reference loop)"] = _compiled_reference()
+    if impl_names is not None:
+        impls = {n: f for n, f in impls.items() if n in impl_names}
+    timed_steps = ((MAIN_T,) if quick else steps_list) if "scan" in sections else ()
+    for steps in timed_steps:
+        for name, fn in impls.items():
+            slow = name in ("eager reference", "compiled step (reference loop)")
+            if slow and steps > MAIN_T:
+                # ~4x the T=4096 time and, with backward, every step's state kept: not worth it.
+                continue
+            note = ""
+            if name == "compiled step (reference loop)":
+                note = (
+                    "torch.compile(rwkv7_step) in the Python loop (a whole-loop compile unrolls T)"
+                )
+            for backward in (False, True):
+                reps = (2 if steps >= MAIN_T else 3) if slow else 20
+                ms = _time_scan(fn, steps, dtype, backward, reps)
+                # Error from the check above: y and S_T for fwd, everything for fwd+bwd.
+                found = errs.get(name)
+                err = None
+                if found is not None and steps == MAIN_T:
+                    err = max(found if backward else found[:2])
+                pas = "fwd+bwd" if backward else "fwd"
+                nbytes = _scan_bytes(steps, dtype, backward)
+                out.append(_row("rwkv7", name, steps, pas, ms, nbytes, copy, err, note))
+                _progress(out[-1])
+    if "step" in sections:
+        out.extend(_step_rows(copy, fla_step))
+    out.append({"op": "copy", "impl": "torch copy_", "GB/s": copy, "note": "read + write"})
+    return out
+
+
+def _tune() -> list[str]:
+    """Forward and forward+backward at the main shape for a few block settings."""
+    lines = []
+    # (kernel, module, setting, value, function, with backward)
+    variants: list[tuple[str, Any, str, Any, Scan, bool]] = [
+        ("chunk", chunk, "DOT_PRECISION", "tf32", rwkv7_chunk, False),
+        ("chunk", chunk, "ROWS", 64, rwkv7_chunk, False),
+        ("chunk", chunk, "CHUNK", 32, rwkv7_chunk, False),
+        ("recurrent", fused_recurrent, "FWD_ROWS", 64, rwkv7_fused_recurrent, False),
+        ("recurrent", fused_recurrent, "FWD_WARPS", 4, rwkv7_fused_recurrent, False),
+        ("recurrent", fused_recurrent, "BWD_ROWS", 64, rwkv7_fused_recurrent, True),
+    ]
+    for label, module, attr, value, fn, backward in variants:
+        old = getattr(module, attr)
+        setattr(module, attr, value)
+        try:
+            ms = _time_scan(fn, MAIN_T, torch.bfloat16, backward, 5)
+        finally:
+            setattr(module, attr, old)
+        pas = "fwd+bwd" if backward else "fwd"
+        lines.append(f"{label} {attr}={value}: {pas} {ms:.3f} ms at T={MAIN_T}")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def _fmt(x: object) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
+    return str(x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="main shape only, no eager/compile")
+    parser.add_argument("--tune", action="store_true", help="first time block-size variants")
+    parser.add_argument("--sections", default="check,scan,step", help="of check, scan, step")
+    parser.add_argument("--steps", default=",".join(map(str, STEPS)), help="T values to time")
+    parser.add_argument("--impls", default=None, help="comma-separated impl names to time")
+    args = parser.parse_args()
+    tuned = _tune() if args.tune else []
+    table = rows(
+        quick=args.quick,
+        sections=tuple(args.sections.split(",")),
+        steps_list=tuple(int(t) for t in args.steps.split(",")),
+        impl_names=None if args.impls is None else tuple(args.impls.split(",")),
+    )
+    for line in tuned:
+        print(line)
+    cols = ["op", "impl", "T", "pass", "ms", "us", "GB/s", "%copy", "rel_err", "note"]
+    print(" | ".join(cols))
+    for row in table:
+        print(" | ".join(_fmt(row.get(c)) for c in cols))
+
+
+if __name__ == "__main__":
+    main()

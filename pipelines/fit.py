@@ -1,0 +1,117 @@
+"""One epoch of training and the validation score: the loop body shared by the Ray worker
+(pipelines/train_loop.py) and the accuracy benchmark (bench/accuracy.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from forecast.loss import horizon_targets, quantile_loss
+from forecast.model import Forecaster
+from pipelines.config import TrainConfig
+from pipelines.protocol import ErrorSums, window_starts
+
+__all__ = ["forecast_loss", "train_epoch", "training_windows", "validate"]
+
+
+def training_windows(
+    n_series: int, bounds: tuple[int, int], cfg: TrainConfig
+) -> list[tuple[int, int]]:
+    """(series, start row) of every training window (input and target inside `bounds`)."""
+    starts = window_starts(bounds, cfg.lookback, cfg.horizon)
+    return [(s, int(t)) for s in range(n_series) for t in starts]
+
+
+def forecast_loss(
+    model: Forecaster, y: torch.Tensor, target: torch.Tensor, mse_weight: float
+) -> torch.Tensor:
+    """Pinball over the quantiles plus MSE of the median, on scaled values.
+
+    y [B, T, H, C, Q]; target [B, T, H, C] (NaN = missing, left out).
+    """
+    loc, scale = model.encoder.loc, model.encoder.scale
+    z = (y - loc[:, None]) / scale[:, None]
+    zt = (target - loc) / scale
+    loss = quantile_loss(z, zt, model.quantiles)
+    if mse_weight:
+        observed = ~torch.isnan(zt)
+        err = torch.where(observed, z[..., model.config.median_index] - torch.nan_to_num(zt), 0.0)
+        loss = loss + mse_weight * (err**2).sum() / observed.sum().clamp_min(1)
+    return loss
+
+
+def train_epoch(
+    wrapped: nn.Module,
+    model: Forecaster,
+    opt: torch.optim.Optimizer,
+    values: np.ndarray,
+    covariates: np.ndarray,
+    windows: list[tuple[int, int]],
+    cfg: TrainConfig,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | str = "cpu",
+) -> float:
+    """One pass over this rank's share of shuffled windows -> mean training loss.
+
+    `wrapped` is what runs forward (the model, or its DistributedDataParallel wrapper); every
+    position of the lookback is trained to forecast its next `horizon` rows.
+    """
+    rng = np.random.default_rng(cfg.seed + epoch)
+    order = rng.permutation(len(windows))[rank::world]
+    n_batches = len(order) // cfg.batch_size
+    if cfg.steps_per_epoch:
+        n_batches = min(n_batches, cfg.steps_per_epoch)
+    span = cfg.lookback + cfg.horizon
+    wrapped.train()
+    losses = []
+    for b in range(n_batches):
+        picked = [windows[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+        x = torch.tensor(np.stack([values[s, t : t + span] for s, t in picked]), device=device)
+        cov = torch.tensor(
+            np.stack([covariates[s, t : t + cfg.lookback] for s, t in picked]), device=device
+        )
+        y, _ = wrapped(x[:, : cfg.lookback], covariates=cov if model.config.n_covariates else None)
+        loss = forecast_loss(model, y, horizon_targets(x, cfg.horizon), cfg.mse_weight)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    return float(np.mean(losses)) if losses else math.nan
+
+
+@torch.no_grad()
+def validate(
+    model: Forecaster,
+    values: np.ndarray,
+    covariates: np.ndarray,
+    bounds: tuple[int, int],
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+) -> float:
+    """Validation MSE under the protocol (every window, scaled values, last position)."""
+    was = model.training
+    model.eval()
+    sums = ErrorSums(cfg.horizon, model.encoder.scale.double().cpu().numpy())
+    starts = window_starts(bounds, cfg.lookback, cfg.horizon)
+    for s in range(values.shape[0]):
+        for i in range(0, len(starts), batch_size):
+            batch = starts[i : i + batch_size]
+            idx = batch[:, None] + np.arange(cfg.lookback)
+            x = torch.tensor(values[s, idx], device=device)
+            cov = (
+                torch.tensor(covariates[s, idx], device=device)
+                if model.config.n_covariates
+                else None
+            )
+            y, _ = model(x, covariates=cov, last_only=True)
+            truth = values[s, batch[:, None] + cfg.lookback + np.arange(cfg.horizon)]
+            sums.add(model.point(y).float().cpu().numpy(), truth)
+    model.train(was)
+    return sums.result().mse
