@@ -52,7 +52,7 @@ class ModelConfig:
             _positive_int(name, getattr(self, name))
         _positive_int("conv_kernel", self.conv_kernel, minimum=2)
         _positive_int("n_covariates", self.n_covariates, minimum=0)
-        if self.d_model % self.head_size:
+        if self.kind == "rwkv7" and self.d_model % self.head_size:
             raise ConfigError(
                 f"ModelConfig.head_size must divide d_model ({self.d_model}), got {self.head_size}"
             )

@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -148,12 +149,22 @@ def _submit(args: argparse.Namespace) -> int:
         train_args = train_args[1:]
     # Parse here so a bad argument fails now, not on the cluster.
     build_parser().parse_args(["train", *train_args])
-    entrypoint = shlex.join(["statecast", "train", *train_args])
+    # `python -m statecast` needs only the package on the cluster's Python, not a script on PATH.
+    entrypoint = shlex.join(["python", "-m", "statecast", "train", *train_args])
     runtime_env = {"working_dir": args.working_dir} if args.working_dir else None
     client = JobSubmissionClient(address)
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-    print(job_id)
-    return 0
+    print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    from ray.job_submission import JobStatus
+
+    done = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
+    while (status := client.get_job_status(job_id)) not in done:
+        time.sleep(2)
+    print(client.get_job_logs(job_id), end="")
+    print(f"statecast submit: job {job_id} {status.value}", file=sys.stderr)
+    return 0 if status == JobStatus.SUCCEEDED else 1
 
 
 def _mlflow_ui(args: argparse.Namespace) -> int:
@@ -235,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("submit", help="run `statecast train ARGS` as a Ray job")
     sb.add_argument("--address", default=None, help="Ray dashboard address (default: RAY_ADDRESS)")
     sb.add_argument("--working-dir", default=None, help="upload this folder with the job")
+    sb.add_argument("--wait", action="store_true", help="wait for the job, print its logs")
     sb.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the train arguments")
     sb.set_defaults(fn=_submit)
 

@@ -51,6 +51,8 @@ def test_quantiles_and_head_size() -> None:
         ModelConfig(kind="rwkv7", n_channels=2, horizon=3, quantiles="0.5")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"ModelConfig\.head_size must divide d_model"):
         ModelConfig(kind="rwkv7", n_channels=2, horizon=3, d_model=30, head_size=16)
+    # The SSMs have no heads: their head_size is not checked against d_model.
+    ModelConfig(kind="selective_ssm", n_channels=2, horizon=3, d_model=30, head_size=16)
     with pytest.raises(ConfigError, match=r"ModelConfig\.n_covariates"):
         ModelConfig(kind="rwkv7", n_channels=2, horizon=3, n_covariates=-1)
 
