@@ -3,6 +3,7 @@ a float64 reference), then timings (CUDA events, median, inputs rotated), one ta
 
     python -m bench.kernels            # everything (eager and torch.compile baselines included)
     python -m bench.kernels --quick    # main shape only, no eager/compile baselines
+    python -m bench.kernels --no-baselines   # every T for our kernels and fla
 
 Sections: bench/selective_scan.py (diagonal selective scan, fla chunk_hgrn as the outside
 reference) and bench/rwkv7.py (RWKV-7, fla chunk_rwkv7 / fused_recurrent_rwkv7). Record the table
@@ -34,6 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="main shape only, no eager/compile")
     parser.add_argument("--ops", default="selective_scan,rwkv7", help="sections to run")
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="every T, but no eager/torch.compile rows"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/kernels.py needs a CUDA GPU")
@@ -42,11 +46,12 @@ def main() -> None:
     if "selective_scan" in ops:
         from bench import selective_scan
 
-        rows += selective_scan.rows(quick=args.quick)
+        rows += list(selective_scan.iter_rows(quick=args.quick, baselines=not args.no_baselines))
     if "rwkv7" in ops:
         from bench import rwkv7
 
-        rows += rwkv7.rows(quick=args.quick)
+        ours = ("triton chunk", "triton fused_recurrent", "fla chunk_rwkv7")
+        rows += rwkv7.rows(quick=args.quick, impl_names=ours if args.no_baselines else None)
     print(
         f"# {datetime.date.today()} {torch.cuda.get_device_name()} torch {torch.__version__} "
         f"triton {__import__('triton').__version__}"

@@ -19,9 +19,12 @@ from kernels.rwkv7 import reference as rwkv7_reference
 from kernels.rwkv7.chunk import rwkv7_chunk
 from kernels.rwkv7.fused_recurrent import rwkv7_step_fused
 from kernels.selective_scan import reference as selective_scan_reference
+from kernels.selective_scan.chunk import selective_scan_chunk
+from kernels.selective_scan.fused_recurrent import selective_scan_step_fused
 
 __all__ = [
     "available_backends",
+    "choose",
     "register",
     "resolve",
     "rwkv7_scan",
@@ -34,10 +37,16 @@ log = logging.getLogger(__name__)
 
 # op -> backend -> implementation. Faster backends register themselves here (see `register`).
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
-    "selective_scan": {"reference": selective_scan_reference.selective_scan},
-    "selective_scan_step": {"reference": selective_scan_reference.selective_scan_step},
-    # Triton: the chunked (tensor-core) scan for windows, the fused single step for streaming
-    # (forward only: pass backend="reference" to differentiate through `step` on CUDA).
+    "selective_scan": {
+        "reference": selective_scan_reference.selective_scan,
+        "triton": selective_scan_chunk,
+    },
+    "selective_scan_step": {
+        "reference": selective_scan_reference.selective_scan_step,
+        "triton": selective_scan_step_fused,
+    },
+    # Triton: the chunked scans for windows, the fused single steps for streaming (forward only:
+    # pass backend="reference" to differentiate through `step` on CUDA).
     "rwkv7_scan": {"reference": rwkv7_reference.rwkv7_scan, "triton": rwkv7_chunk},
     "rwkv7_step": {"reference": rwkv7_reference.rwkv7_step, "triton": rwkv7_step_fused},
 }
@@ -57,8 +66,8 @@ def available_backends(op: str) -> list[str]:
     return sorted(_REGISTRY[op])
 
 
-def resolve(op: str, device_type: str, backend: str | None = None) -> Callable[..., Any]:
-    """The implementation of `op` for tensors on `device_type`."""
+def choose(op: str, device_type: str, backend: str | None = None) -> str:
+    """The backend name `op` uses on `device_type`: asked for, else the device's preference."""
     impls = _REGISTRY[op]
     asked = backend or os.environ.get("STATECAST_KERNELS") or None
     if asked is not None:
@@ -66,9 +75,14 @@ def resolve(op: str, device_type: str, backend: str | None = None) -> Callable[.
             raise ValueError(
                 f"kernel backend {asked!r} is not available for {op}; available: {sorted(impls)}"
             )
-        chosen = asked
-    else:
-        chosen = next(b for b in _PREFERENCE.get(device_type, ("reference",)) if b in impls)
+        return asked
+    return next(b for b in _PREFERENCE.get(device_type, ("reference",)) if b in impls)
+
+
+def resolve(op: str, device_type: str, backend: str | None = None) -> Callable[..., Any]:
+    """The implementation of `op` for tensors on `device_type`."""
+    impls = _REGISTRY[op]
+    chosen = choose(op, device_type, backend)
     key = (op, device_type, chosen)
     if key not in _logged:
         _logged.add(key)
