@@ -5,7 +5,9 @@ Ray or MLflow so it runs anywhere, GPU included), keep the best validation epoch
 test window with a lookback window and in "full history" mode (the state carried through all data
 before each window). Prints one table; --out appends JSON lines for docs/RESULTS.md.
 
-    python bench/accuracy.py --datasets ETTh1 --horizons 96 720 --lookbacks 96 --device cpu
+    python -m bench.accuracy --datasets ETTh1 --horizons 96 720 --lookbacks 96 --device cpu
+
+(Run it as a module: as a script, bench/kernels.py would shadow the `kernels` package.)
 """
 
 from __future__ import annotations
