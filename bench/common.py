@@ -7,13 +7,14 @@ device-to-device copy bandwidth as the yardstick for memory-bound kernels.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["copy_bandwidth_gbps", "rel_err", "time_ms"]
+__all__ = ["copy_bandwidth_gbps", "fmt", "rel_err", "time_ms"]
 
 
 def time_ms(
@@ -50,3 +51,14 @@ def rel_err(ref: torch.Tensor, got: torch.Tensor) -> float:
     """||got - ref|| / ||ref|| in float64; NaN anywhere gives NaN."""
     ref64, got64 = ref.detach().double(), got.detach().double()
     return float((got64 - ref64).norm() / ref64.norm().clamp_min(1e-300))
+
+
+def fmt(x: object) -> str:
+    """A table cell: '-' for missing, 3 significant digits for floats."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
+    return str(x)

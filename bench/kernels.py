@@ -18,17 +18,11 @@ from typing import Any
 
 import torch
 
+from bench.common import fmt
+
 __all__ = ["main"]
 
 COLUMNS = ["op", "impl", "T", "pass", "ms", "us", "GB/s", "%copy", "rel_err", "note"]
-
-
-def _fmt(x: object) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
-    return str(x)
 
 
 def main() -> None:
@@ -59,7 +53,7 @@ def main() -> None:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for row in rows:
-        print("| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |")
+        print("| " + " | ".join(fmt(row.get(c)) for c in COLUMNS) + " |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.common import copy_bandwidth_gbps, rel_err, time_ms
+from bench.common import copy_bandwidth_gbps, fmt, rel_err, time_ms
 from kernels.rwkv7 import chunk, fused_recurrent
 from kernels.rwkv7.chunk import rwkv7_chunk
 from kernels.rwkv7.fused_recurrent import rwkv7_fused_recurrent, rwkv7_step_fused
@@ -153,7 +153,7 @@ def _compiled_reference() -> Scan:
 
 def _progress(row: dict[str, Any]) -> None:
     """One line per finished measurement on stderr, so a run cut short still shows what it did."""
-    print("  ".join(f"{k}={_fmt(v)}" for k, v in row.items()), file=sys.stderr, flush=True)
+    print("  ".join(f"{k}={fmt(v)}" for k, v in row.items()), file=sys.stderr, flush=True)
 
 
 def _row(
@@ -346,14 +346,6 @@ def _tune() -> list[str]:
     return lines
 
 
-def _fmt(x: object) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
-    return str(x)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="main shape only, no eager/compile")
@@ -374,7 +366,7 @@ def main() -> None:
     cols = ["op", "impl", "T", "pass", "ms", "us", "GB/s", "%copy", "rel_err", "note"]
     print(" | ".join(cols))
     for row in table:
-        print(" | ".join(_fmt(row.get(c)) for c in cols))
+        print(" | ".join(fmt(row.get(c)) for c in cols))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ once and every output written once.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.common import copy_bandwidth_gbps, rel_err, time_ms
+from bench.common import copy_bandwidth_gbps, fmt, rel_err, time_ms
 from kernels.selective_scan import chunk
 from kernels.selective_scan.chunk import selective_scan_chunk
 from kernels.selective_scan.fused_recurrent import selective_scan_step_fused
@@ -434,16 +433,6 @@ def rows(quick: bool = False) -> list[Row]:
     return list(iter_rows(quick))
 
 
-def _fmt(x: object) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
-    return str(x)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="main shape only, no baselines")
@@ -456,12 +445,12 @@ def main() -> None:
     # Each row as it is measured, then the whole table.
     for row in iter_rows(quick=args.quick, baselines=not args.no_baselines):
         table.append(row)
-        print(" ".join(f"{c}={_fmt(row.get(c))}" for c in cols if c in row), flush=True)
+        print(" ".join(f"{c}={fmt(row.get(c))}" for c in cols if c in row), flush=True)
     print(f"# {time.strftime('%Y-%m-%d')} {torch.cuda.get_device_name()} torch {torch.__version__}")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in table:
-        print("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+        print("| " + " | ".join(fmt(row.get(c)) for c in cols) + " |")
 
 
 if __name__ == "__main__":

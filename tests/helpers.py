@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from types import ModuleType
+
+import pytest
 import torch
 from torch import Tensor
 
@@ -21,3 +25,21 @@ def assert_close(name: str, ref: Tensor, got: Tensor, ratio: float | None = None
     tol = ratio if ratio is not None else RTOL[ref.dtype]
     err = rel_err(ref, got)
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+
+
+def triton_on_cpu(monkeypatch: pytest.MonkeyPatch, *modules: ModuleType) -> None:
+    """Interpreter check plus NaN-filled buffers for every allocation of the kernel `modules`.
+
+    Triton reads TRITON_INTERPRET when the kernels are defined, so it must be in the environment of
+    the test command; without it these kernels cannot run on the CPU. Each module allocates its
+    outputs through `_empty`; filling them with NaN makes an unwritten element fail the comparison.
+    """
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.fail("run with TRITON_INTERPRET=1 (see the README's test command)", pytrace=False)
+
+    def nan_empty(*shape: object, **kw: object) -> Tensor:
+        out = torch.empty(*shape, **kw)  # type: ignore[call-overload]
+        return out.fill_(float("nan"))
+
+    for module in modules:
+        monkeypatch.setattr(module, "_empty", nan_empty)

@@ -39,6 +39,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels.rwkv7.inputs import check_inputs
+
 __all__ = ["rwkv7_chunk"]
 
 # Every output and scratch buffer comes from here, so tests can swap in a NaN-filling allocator.
@@ -354,24 +356,6 @@ def _sizes(size: int) -> tuple[int, int, int, int]:
     return bk, bv, triton.cdiv(size, bv), CHUNK.bit_length() - 2
 
 
-def _check(r: Tensor, others: tuple[Tensor, ...], S0: Tensor | None) -> None:
-    if r.dim() != 4:
-        raise ValueError(f"r must be [B, T, H, K], got {tuple(r.shape)}")
-    size = r.shape[-1]
-    if size > 64:
-        raise ValueError(f"head size {size} > 64 is not supported")
-    for x in others:
-        if x.shape != r.shape:
-            raise ValueError(f"input shapes differ: {tuple(x.shape)} vs {tuple(r.shape)}")
-    for x in (r, *others):
-        if x.dtype not in (torch.float32, torch.bfloat16):
-            raise TypeError(f"inputs must be float32 or bfloat16, got {x.dtype}")
-    if S0 is not None:
-        batch, _, heads, _ = r.shape
-        if S0.shape != (batch, heads, size, size):
-            raise ValueError(f"S0 must be [B, H, K, K], got {tuple(S0.shape)}")
-
-
 class _Chunk(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -499,6 +483,6 @@ def rwkv7_chunk(
     Returns y [B, T, H, K] (r's dtype) and S_T [B, H, K, K] (S0's dtype, else r's), with
     gradients for every input including S0. Requires log_w > -10 per step (module docstring).
     """
-    _check(r, (log_w, k, v, a, b), S0)
+    check_inputs(r, (log_w, k, v, a, b), S0)
     y, S_T = _Chunk.apply(r, log_w, k, v, a, b, S0)
     return y, S_T

@@ -8,7 +8,6 @@ several of them. bfloat16 and full sizes are checked on the GPU by bench/rwkv7.p
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import pytest
@@ -17,24 +16,14 @@ import torch.nn.functional as F
 
 from kernels.rwkv7 import chunk, fused_recurrent
 from kernels.rwkv7.reference import rwkv7_scan, rwkv7_step
-from tests.helpers import assert_close
+from tests.helpers import assert_close, triton_on_cpu
 
 Inputs = list[torch.Tensor]
 
 
 @pytest.fixture(autouse=True)
 def _interpreter_and_nan_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Triton reads TRITON_INTERPRET when the kernels are defined, so it must be in the environment
-    # of the test command; without it these kernels cannot run on the CPU.
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.fail("run with TRITON_INTERPRET=1 (see the README's test command)", pytrace=False)
-
-    def nan_empty(*shape: object, **kw: object) -> torch.Tensor:
-        out = torch.empty(*shape, **kw)  # type: ignore[call-overload]
-        return out.fill_(float("nan"))
-
-    monkeypatch.setattr(fused_recurrent, "_empty", nan_empty)
-    monkeypatch.setattr(chunk, "_empty", nan_empty)
+    triton_on_cpu(monkeypatch, fused_recurrent, chunk)
 
 
 def _inputs(batch: int, steps: int, heads: int, size: int, seed: int) -> Inputs:

@@ -10,31 +10,19 @@ bench/selective_scan.py.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from kernels.selective_scan import chunk, fused_recurrent
 from kernels.selective_scan.reference import selective_scan, selective_scan_step
-from tests.helpers import assert_close
+from tests.helpers import assert_close, triton_on_cpu
 
 Inputs = list[torch.Tensor]
 
 
 @pytest.fixture(autouse=True)
 def _interpreter_and_nan_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Triton reads TRITON_INTERPRET when the kernels are defined, so it must be in the environment
-    # of the test command; without it these kernels cannot run on the CPU.
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.fail("run with TRITON_INTERPRET=1 (see the README's test command)", pytrace=False)
-
-    def nan_empty(*shape: object, **kw: object) -> torch.Tensor:
-        out = torch.empty(*shape, **kw)  # type: ignore[call-overload]
-        return out.fill_(float("nan"))
-
-    monkeypatch.setattr(chunk, "_empty", nan_empty)
-    monkeypatch.setattr(fused_recurrent, "_empty", nan_empty)
+    triton_on_cpu(monkeypatch, chunk, fused_recurrent)
 
 
 def _inputs(batch: int, steps: int, width: int, n: int, seed: int) -> Inputs:
