@@ -13,6 +13,7 @@ before each window). Prints one table; --out appends JSON lines for docs/RESULTS
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -73,7 +74,9 @@ def run_one(path: Path, cfg: TrainConfig, device: str) -> dict[str, object]:
     published = PUBLISHED.get((data.name, cfg.horizon), (math.nan, math.nan))
     return {
         "dataset": data.name,
-        "kind": cfg.kind,
+        "kind": cfg.kind
+        if not cfg.norm_halflife
+        else f"{cfg.kind}, running norm {cfg.norm_halflife}",
         "horizon": cfg.horizon,
         "lookback": cfg.lookback,
         "epochs": epochs,
@@ -105,13 +108,14 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--steps-per-epoch", type=int, default=0)
+    p.add_argument("--norm-halflife", type=int, nargs="+", default=[0], help="0 = global scaler")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="append one JSON line per result")
     args = p.parse_args()
     rows = []
     for name in args.datasets:
         for horizon in args.horizons:
-            for lookback in args.lookbacks:
+            for lookback, halflife in itertools.product(args.lookbacks, args.norm_halflife):
                 cfg = TrainConfig(
                     data=str(Path(args.data_dir) / f"{name}.csv"),
                     kind=args.kind,
@@ -123,6 +127,7 @@ def main() -> None:
                     d_model=args.d_model,
                     n_layers=args.n_layers,
                     steps_per_epoch=args.steps_per_epoch,
+                    norm_halflife=halflife,
                 )
                 row = run_one(Path(cfg.data), cfg, args.device)
                 rows.append(row)

@@ -36,6 +36,9 @@ class ModelConfig:
     head_size: int = 16
     # Known-ahead covariates per step (e.g. calendar features), appended to the input.
     n_covariates: int = 0
+    # Half-life in steps of the per-series running level and scale the inputs are normalised by
+    # and the forecasts rescaled with (forecast/adaptive_norm.py); 0 = the global scaler only.
+    norm_halflife: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -52,6 +55,7 @@ class ModelConfig:
             _positive_int(name, getattr(self, name))
         _positive_int("conv_kernel", self.conv_kernel, minimum=2)
         _positive_int("n_covariates", self.n_covariates, minimum=0)
+        _positive_int("norm_halflife", self.norm_halflife, minimum=0)
         if self.kind == "rwkv7" and self.d_model % self.head_size:
             raise ConfigError(
                 f"ModelConfig.head_size must divide d_model ({self.d_model}), got {self.head_size}"

@@ -29,18 +29,22 @@ class InputEncoder(nn.Module):
     loc: Tensor
     scale: Tensor
 
-    def forward(self, x: Tensor, covariates: Tensor | None) -> Tensor:
+    def standardize(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [..., C] -> (z: (x - loc) / scale with missing values at 0, observed mask)."""
         observed = ~torch.isnan(x)
         # Fill before scaling so no NaN ever reaches an arithmetic op (or its gradient).
-        z = (torch.where(observed, x, self.loc) - self.loc) / self.scale
-        parts = [z, (~observed).to(z.dtype)]
+        return (torch.where(observed, x, self.loc) - self.loc) / self.scale, observed
+
+    def embed(self, z: Tensor, observed: Tensor, covariates: Tensor | None) -> Tensor:
+        """Normalised values, the missing mask and covariates -> features [..., D]."""
+        parts = [torch.where(observed, z, 0.0), (~observed).to(z.dtype)]
         if covariates is not None:
             parts.append(covariates.to(z.dtype))
         return self.proj(torch.cat(parts, dim=-1))
 
 
 class QuantileHead(nn.Module):
-    """Features [..., D] -> forecasts [..., H, C, Q] in the data's units.
+    """Features [..., D] -> forecasts [..., H, C, Q] in normalised units.
 
     The median is predicted directly; the other quantiles as cumulative softplus offsets from it,
     so quantiles never cross.
@@ -52,15 +56,14 @@ class QuantileHead(nn.Module):
         self.median = cfg.median_index
         self.proj = nn.Linear(cfg.d_model, cfg.horizon * cfg.n_channels * len(cfg.quantiles))
 
-    def forward(self, h: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-        """h [..., D]; loc, scale [C]: the encoder's scaler, so output is in the data's units."""
+    def forward(self, h: Tensor) -> Tensor:
+        """h [..., D] -> [..., H, C, Q]."""
         raw = self.proj(h).unflatten(-1, self.shape)
         m = self.median
         center = raw[..., m : m + 1]
         above = center + torch.cumsum(F.softplus(raw[..., m + 1 :]), dim=-1)
         below = center - torch.cumsum(F.softplus(raw[..., :m].flip(-1)), dim=-1).flip(-1)
-        z = torch.cat([below, center, above], dim=-1)
-        return z * scale[:, None] + loc[:, None]
+        return torch.cat([below, center, above], dim=-1)
 
 
 class FeedForward(nn.Module):

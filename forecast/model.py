@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from forecast.adaptive_norm import AdaptiveNorm
 from forecast.config import ModelConfig
 from forecast.layers import InputEncoder, QuantileHead
 from forecast.state import ModelState
@@ -84,6 +85,10 @@ class Forecaster(nn.Module):
         self.backbone = backbone
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = QuantileHead(cfg)
+        # Per-series running level/scale (its state is layers[0] of the model state), or None.
+        self.adaptive = (
+            AdaptiveNorm(cfg.n_channels, cfg.norm_halflife) if cfg.norm_halflife else None
+        )
 
     @property
     def quantiles(self) -> tuple[float, ...]:
@@ -101,9 +106,10 @@ class Forecaster(nn.Module):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         p = self._param()
-        layers = self.backbone.init_state(
-            batch_size, torch.device(device) if device is not None else p.device, dtype or p.dtype
-        )
+        where = torch.device(device) if device is not None else p.device
+        layers = self.backbone.init_state(batch_size, where, dtype or p.dtype)
+        if self.adaptive is not None:
+            layers = (self.adaptive.init_state(batch_size, where, dtype or p.dtype), *layers)
         return ModelState(self.config.kind, layers)
 
     def state_nbytes(self) -> int:
@@ -145,12 +151,18 @@ class Forecaster(nn.Module):
         self._check(x, covariates, time_axis=True)
         batch = x.shape[0]
         state = self._check_state(state, batch, x)
-        h = self.encoder(x.to(self._param().dtype), covariates)
-        h, layers = self.backbone(h, state.layers)
+        z, observed = self.encoder.standardize(x.to(self._param().dtype))
+        level, backbone_state = self._split(state)
+        if self.adaptive is not None:
+            mean, std, level = self.adaptive.scan(z, observed, level)
+            z = (z - mean) / std
+        h, layers = self.backbone(self.encoder.embed(z, observed, covariates), backbone_state)
         if last_only:
             h = h[:, -1]
-        y = self.head(self.norm(h), self.encoder.loc, self.encoder.scale)
-        return y, ModelState(self.config.kind, layers)
+        y = self.head(self.norm(h))
+        if self.adaptive is not None:
+            y = self._rescale(y, *((mean[:, -1], std[:, -1]) if last_only else (mean, std)))
+        return self._to_data_units(y), self._join(level, layers)
 
     def step(
         self, x_t: Tensor, state: ModelState | None = None, covariates: Tensor | None = None
@@ -158,10 +170,33 @@ class Forecaster(nn.Module):
         """x_t [B, C] -> (y_t [B, H, C, Q], next state)."""
         self._check(x_t, covariates, time_axis=False)
         state = self._check_state(state, x_t.shape[0], x_t)
-        h = self.encoder(x_t.to(self._param().dtype), covariates)
-        h, layers = self.backbone.step(h, state.layers)
-        y = self.head(self.norm(h), self.encoder.loc, self.encoder.scale)
-        return y, ModelState(self.config.kind, layers)
+        z, observed = self.encoder.standardize(x_t.to(self._param().dtype))
+        level, backbone_state = self._split(state)
+        if self.adaptive is not None:
+            mean, std, level = self.adaptive.step(z, observed, level)
+            z = (z - mean) / std
+        h, layers = self.backbone.step(self.encoder.embed(z, observed, covariates), backbone_state)
+        y = self.head(self.norm(h))
+        if self.adaptive is not None:
+            y = self._rescale(y, mean, std)
+        return self._to_data_units(y), self._join(level, layers)
+
+    def _split(self, state: ModelState) -> tuple[Any, LayerStates]:
+        if self.adaptive is None:
+            return None, state.layers
+        return state.layers[0], state.layers[1:]
+
+    def _join(self, level: Any, layers: LayerStates) -> ModelState:
+        return ModelState(self.config.kind, layers if level is None else (level, *layers))
+
+    @staticmethod
+    def _rescale(y: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """y [..., H, C, Q] in running-normalised units; mean, std [..., C]."""
+        return y * std[..., None, :, None] + mean[..., None, :, None]
+
+    def _to_data_units(self, y: Tensor) -> Tensor:
+        """Globally scaled [..., H, C, Q] -> the data's units."""
+        return y * self.encoder.scale[:, None] + self.encoder.loc[:, None]
 
     def _check(self, x: Tensor, covariates: Tensor | None, time_axis: bool) -> None:
         cfg = self.config

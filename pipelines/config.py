@@ -75,6 +75,8 @@ class TrainConfig:
     expand: int = 2
     conv_kernel: int = 4
     head_size: int = 16
+    # Per-series running normalisation half-life in steps (0: the global scaler only).
+    norm_halflife: int = 0
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     workers: int = 1
     use_gpu: bool = False
@@ -109,6 +111,7 @@ class TrainConfig:
             conv_kernel=self.conv_kernel,
             head_size=self.head_size,
             n_covariates=n_covariates,
+            norm_halflife=self.norm_halflife,
         )
 
 

@@ -82,6 +82,7 @@ def _train(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         d_model=args.d_model,
         n_layers=args.n_layers,
+        norm_halflife=args.norm_halflife,
         workers=args.workers,
         use_gpu=args.gpu,
         seed=args.seed,
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps-per-epoch", type=int, default=0, help="0: all training windows")
     tr.add_argument("--d-model", type=int, default=64)
     tr.add_argument("--n-layers", type=int, default=2)
+    tr.add_argument(
+        "--norm-halflife", type=int, default=0, help="per-series running normalisation (steps)"
+    )
     tr.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
     tr.add_argument("--seed", type=int, default=0)

@@ -48,10 +48,15 @@ def assert_states_close(ref: ModelState, got: ModelState) -> None:
         assert_close(name, a, b)
 
 
+# Global scaler only, and with the per-series running level/scale (its state rides along).
+NORMS = [0, 5]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("steps", [1, 7, 257])
-def test_step_reproduces_forward(kind: str, steps: int) -> None:
-    model = make_model(kind)
+@pytest.mark.parametrize("halflife", NORMS)
+def test_step_reproduces_forward(kind: str, steps: int, halflife: int) -> None:
+    model = make_model(kind, norm_halflife=halflife)
     x, cov = make_inputs(model, batch=3, steps=steps)
     with torch.no_grad():
         y, final = model(x, covariates=cov)
@@ -66,8 +71,9 @@ def test_step_reproduces_forward(kind: str, steps: int) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_split_window_equals_one_pass(kind: str) -> None:
-    model = make_model(kind)
+@pytest.mark.parametrize("halflife", NORMS)
+def test_split_window_equals_one_pass(kind: str, halflife: int) -> None:
+    model = make_model(kind, norm_halflife=halflife)
     x, cov = make_inputs(model, batch=2, steps=40)
     with torch.no_grad():
         y, final = model(x, covariates=cov)
@@ -92,8 +98,9 @@ def test_last_only_is_the_last_position(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_state_bytes_round_trip(kind: str) -> None:
-    model = make_model(kind)
+@pytest.mark.parametrize("halflife", NORMS)
+def test_state_bytes_round_trip(kind: str, halflife: int) -> None:
+    model = make_model(kind, norm_halflife=halflife)
     x, cov = make_inputs(model, batch=4, steps=11)
     with torch.no_grad():
         _, state = model(x, covariates=cov)
@@ -160,7 +167,9 @@ def test_state_bytes_rejects_truncated_and_foreign(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_size_is_constant_over_100k_steps(kind: str) -> None:
-    model = make_model(kind, d_model=8, n_layers=1, d_state=4, head_size=4, n_covariates=0)
+    model = make_model(
+        kind, d_model=8, n_layers=1, d_state=4, head_size=4, n_covariates=0, norm_halflife=24
+    )
     x, _ = make_inputs(model, batch=1, steps=100_000)
     with torch.no_grad():
         _, s10 = model(x[:, :10])
@@ -173,8 +182,9 @@ def test_state_size_is_constant_over_100k_steps(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_parameter_gets_a_finite_gradient_with_missing_values(kind: str) -> None:
-    model = make_model(kind)
+@pytest.mark.parametrize("halflife", NORMS)
+def test_every_parameter_gets_a_finite_gradient_with_missing_values(kind: str, halflife: int) -> None:
+    model = make_model(kind, norm_halflife=halflife)
     x, cov = make_inputs(model, batch=2, steps=12)
     x[0, :, 1] = float("nan")  # a channel missing for a whole window
     x[1, 5] = float("nan")  # a whole time step missing
