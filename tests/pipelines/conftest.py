@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real MLflow sqlite store and a local Ray for these tests."""
+    """A real MLflow sqlite store and a local Ray for one test module.
+
+    Module scope, not package: test_submit.py starts and stops a `ray start --head` cluster of its
+    own, and `ray stop` ends every Ray process on the machine, a local Ray included.
+    """
     import ray
 
     home = tmp_path_factory.mktemp("statecast_home")
