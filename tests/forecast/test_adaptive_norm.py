@@ -16,13 +16,14 @@ def test_running_mean_then_exponential() -> None:
     z = torch.randn(1, 200, 1, dtype=torch.float64)
     observed = torch.ones_like(z, dtype=torch.bool)
     observed[0, 50] = False
-    mean, std, state = norm.scan(z, observed, norm.init_state(1, torch.device("cpu"), torch.float64))
+    start = norm.init_state(1, torch.device("cpu"), torch.float64)
+    mean, std, state = norm.scan(z, observed, start)
     # The prior (mean 0) counts as one observation: after 3 observations the mean is sum / 4.
     assert torch.allclose(mean[0, 2, 0], z[0, :3, 0].sum() / 4)
     # A missing value changes nothing.
     assert torch.equal(mean[0, 50], mean[0, 49]) and torch.equal(std[0, 50], std[0, 49])
     # Late on, each step moves the mean by the constant rate 1 - 0.5 ** (1 / 10).
-    rate = 1 - 0.5 ** 0.1
+    rate = 1 - 0.5**0.1
     expected = mean[0, 150, 0] + rate * (z[0, 151, 0] - mean[0, 150, 0])
     assert torch.allclose(mean[0, 151, 0], expected)
     assert float(state.seen.max()) == math.ceil(1 / rate)

@@ -183,7 +183,9 @@ def test_state_size_is_constant_over_100k_steps(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("halflife", NORMS)
-def test_every_parameter_gets_a_finite_gradient_with_missing_values(kind: str, halflife: int) -> None:
+def test_every_parameter_gets_a_finite_gradient_with_missing_values(
+    kind: str, halflife: int
+) -> None:
     model = make_model(kind, norm_halflife=halflife)
     x, cov = make_inputs(model, batch=2, steps=12)
     x[0, :, 1] = float("nan")  # a channel missing for a whole window
