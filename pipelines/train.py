@@ -5,6 +5,10 @@ every config field, runs Ray Train's TorchTrainer (a local Ray unless RAY_ADDRES
 then scores the best weights on the test split, logs the plot and the model as a pyfunc, and with
 `register` registers it and moves the `champion` alias only when validation improves on the
 current champion's.
+
+Ray Data is not used: the data are one in-memory array per dataset ([S, T, C], a few MB for the
+benchmarks), shipped once to each worker, and every training window is a view into it; a Ray
+Dataset of windows would copy each row lookback + horizon times.
 """
 
 from __future__ import annotations
