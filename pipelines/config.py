@@ -25,7 +25,8 @@ class DataConfig:
     """
 
     time_column: str = "date"
-    # None: every numeric column (tables) or every variable with the time dim (grids).
+    # None: every numeric column in file order (tables), or every variable with the time dim
+    # in name order (grids).
     channels: tuple[str, ...] | None = None
     # Pandas-style offset ("1h", "15min", "10min"); None infers it from the most common step.
     frequency: str | None = None

@@ -136,11 +136,9 @@ def _from_grid(
         tdim = cfg.time_column
         if tdim not in ds.dims:
             raise ValueError(f"{path}: time dimension {tdim!r} not found; dims: {list(ds.dims)}")
-        names = (
-            list(cfg.channels)
-            if cfg.channels
-            else [str(v) for v in ds.data_vars if tdim in ds[v].dims]
-        )
+        # Sorted: an unconsolidated Zarr store lists its arrays in directory order, which varies.
+        with_time = sorted(str(v) for v in ds.data_vars if tdim in ds[v].dims)
+        names = list(cfg.channels) if cfg.channels else with_time
         unknown = [v for v in names if v not in ds.data_vars]
         if unknown:
             raise ValueError(

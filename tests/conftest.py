@@ -5,6 +5,7 @@ cannot start, the tests that need it fail (never skip)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +16,22 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """bootstrap_servers of a real single-node KRaft broker on 127.0.0.1."""
-    port = os.environ.get("STATECAST_TEST_KAFKA_PORT", "19092")
+    # Free ports unless pinned: a broker left behind by an aborted run must not fail this one.
+    port = os.environ.get("STATECAST_TEST_KAFKA_PORT") or str(free_port())
     env = {
         **os.environ,
         "KAFKA_PORT": port,
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
         "KAFKA_DIR": str(tmp_path_factory.mktemp("kafka")),
     }
     proc = subprocess.run(

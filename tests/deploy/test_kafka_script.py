@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.conftest import KAFKA_SH
+from tests.conftest import KAFKA_SH, free_port
 
 
 def _run(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -16,7 +16,12 @@ def _run(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_start_status_stop(tmp_path: Path) -> None:
-    env = {**os.environ, "KAFKA_PORT": "19192", "KAFKA_DIR": str(tmp_path / "kafka")}
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(free_port()),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_DIR": str(tmp_path / "kafka"),
+    }
     assert _run("status", env).returncode != 0
     try:
         started = _run("start", env)
@@ -37,7 +42,12 @@ def test_start_status_stop(tmp_path: Path) -> None:
 
 def test_port_taken_is_a_clear_error(tmp_path: Path, kafka_bootstrap: str) -> None:
     port = kafka_bootstrap.rsplit(":", 1)[1]
-    env = {**os.environ, "KAFKA_PORT": port, "KAFKA_DIR": str(tmp_path / "other")}
+    env = {
+        **os.environ,
+        "KAFKA_PORT": port,
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_DIR": str(tmp_path / "other"),
+    }
     proc = _run("start", env)
     assert proc.returncode != 0
     assert "is taken" in proc.stderr
