@@ -1,0 +1,503 @@
+"""The stream processor: decode, route, batch, commit. The model math is `serving.update`.
+
+One loop per replica:
+    poll -> (rebalance: restore assigned partitions from the changelog + replay)
+         -> begin transaction
+         -> decode each record (bad ones -> dead-letter topic with the reason)
+         -> group by series, step every series' next observation as one batch (update_batch)
+         -> send forecasts (key = series id)
+         -> every `checkpoint_interval_s`: send changed series states + offset markers
+         -> send the consumed offsets to the transaction, commit.
+Any Kafka error inside a transaction aborts it and rewinds: in-memory state is rebuilt from the
+changelog and the committed offsets, so nothing is lost or produced twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from serving.checkpoint import MARKER_KEY, Marker, decode_series, encode_series
+from serving.metrics import ProcessorMetrics
+from serving.observation import Observation, Rejection, decode_observation
+from serving.update import Forecast, SeriesState, StreamModel, update_batch
+
+__all__ = ["ProcessorConfig", "StreamProcessor", "forecast_message"]
+
+log = logging.getLogger("statecast.serving")
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    bootstrap_servers: str
+    in_topic: str
+    out_topic: str
+    group_id: str = "statecast"
+    dead_letter_topic: str = ""  # default: <out_topic>.dead-letter
+    changelog_topic: str = ""  # default: <group_id>.state
+    instance: str = "0"  # transactional.id = <group_id>-<instance>; keep it stable across restarts
+    checkpoint_interval_s: float = 5.0
+    max_poll_records: int = 5000
+    poll_timeout_ms: int = 100
+    idle_records: int = 1_000_000  # a series silent for this many records of its partition restarts
+    max_series_per_partition: int = 200_000
+    transaction_timeout_ms: int = 30_000
+    # Passed through to every kafka-python client: security_protocol, sasl_*, ssl_* ...
+    kafka_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def dead_letters(self) -> str:
+        return self.dead_letter_topic or f"{self.out_topic}.dead-letter"
+
+    @property
+    def changelog(self) -> str:
+        return self.changelog_topic or f"{self.group_id}.state"
+
+    def __post_init__(self) -> None:
+        for name in ("bootstrap_servers", "in_topic", "out_topic", "group_id", "instance"):
+            if not getattr(self, name):
+                raise ValueError(f"ProcessorConfig.{name} must not be empty")
+        if len({self.in_topic, self.out_topic, self.dead_letters, self.changelog}) != 4:
+            raise ValueError("in, out, dead-letter and changelog topics must all differ")
+        if self.checkpoint_interval_s <= 0 or self.max_poll_records < 1 or self.idle_records < 1:
+            raise ValueError("checkpoint_interval_s, max_poll_records, idle_records must be > 0")
+
+
+def forecast_message(m: StreamModel, f: Forecast) -> bytes:
+    y = f.y  # [H, C, Q]
+    doc = {
+        "series": f.series,
+        "ts": str(np.datetime64(f.ts, "ns").astype("datetime64[s]")),
+        "model": m.label,
+        "horizon": int(y.shape[0]),
+        "warming": f.warming,
+        "channels": list(m.spec.channels),
+        "point": y[..., m.model.config.median_index].tolist(),
+        "quantiles": {f"{q:g}": y[..., i].tolist() for i, q in enumerate(m.model.quantiles)},
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def dead_letter_message(
+    tp: TopicPartition, offset: int, rej: Rejection, raw: bytes | None
+) -> bytes:
+    doc = {
+        "reason": rej.reason,
+        "detail": rej.detail,
+        "topic": tp.topic,
+        "partition": tp.partition,
+        "offset": offset,
+        # Raw bytes as latin-1 text keeps every byte (and JSON stays valid for any input).
+        "raw": None if raw is None else raw.decode("latin-1"),
+        "raw_encoding": "latin-1",
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@dataclass
+class PartitionStore:
+    """The series of one input partition and what the next checkpoint must write."""
+
+    series: OrderedDict[str, SeriesState] = field(default_factory=OrderedDict)
+    touched: dict[str, int] = field(default_factory=dict)  # series -> offset of its last record
+    dirty: set[str] = field(default_factory=set)
+    evicted: set[str] = field(default_factory=set)
+    next_offset: int = 0
+
+
+Send = Callable[[str, bytes, bytes | None, int | None], None]
+
+
+class StreamProcessor:
+    def __init__(
+        self, cfg: ProcessorConfig, model: StreamModel, metrics: ProcessorMetrics | None = None
+    ):
+        self.cfg = cfg
+        self.model = model
+        self.metrics = metrics or ProcessorMetrics()
+        self.layout = model.model.init_state(1, device="cpu").layout_id()
+        self.stores: dict[TopicPartition, PartitionStore] = {}
+        self._last_checkpoint = time.monotonic()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self.error: BaseException | None = None
+
+    # ---- clients -------------------------------------------------------------------------
+    def _options(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.cfg.bootstrap_servers, **dict(self.cfg.kafka_options)}
+
+    def ensure_topics(self) -> None:
+        """Create the output, dead-letter and changelog topics if missing (changelog compacted,
+        as many partitions as the input)."""
+        admin = KafkaAdminClient(**self._options())
+        try:
+            parts = admin.describe_topics([self.cfg.in_topic])[0]["partitions"]
+            n = len(parts)
+            if n == 0:
+                raise ValueError(f"input topic {self.cfg.in_topic!r} does not exist")
+            existing = set(admin.list_topics())
+            wanted = [
+                NewTopic(self.cfg.out_topic, n, 1),
+                NewTopic(self.cfg.dead_letters, 1, 1),
+                NewTopic(self.cfg.changelog, n, 1, topic_configs={"cleanup.policy": "compact"}),
+            ]
+            todo = [t for t in wanted if t.name not in existing]
+            if todo:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another replica was first
+                    admin.create_topics(todo)
+        finally:
+            admin.close()
+
+    def _open(self) -> None:
+        opts = self._options()
+        self._producer = KafkaProducer(
+            **opts,
+            transactional_id=f"{self.cfg.group_id}-{self.cfg.instance}",
+            transaction_timeout_ms=self.cfg.transaction_timeout_ms,
+            linger_ms=5,
+            max_request_size=8 * 1024 * 1024,
+        )
+        self._producer.init_transactions()
+        self._consumer = KafkaConsumer(
+            **opts,
+            group_id=self.cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.cfg.max_poll_records,
+        )
+        self._consumer.subscribe([self.cfg.in_topic], listener=_Rebalance(self))
+
+    def close(self) -> None:
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing is best effort; the broker fences us anyway
+                    log.exception("closing a Kafka client")
+        self._consumer = self._producer = None
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.ensure_topics()
+        self._open()
+        try:
+            while not stop.is_set():
+                self.poll_once()
+        finally:
+            self.close()
+
+    def poll_once(self) -> int:
+        assert self._consumer is not None and self._producer is not None
+        polled = self._consumer.poll(
+            timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records
+        )
+        self._update_lag()
+        due = time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_interval_s
+        if not polled and not (due and any(s.dirty or s.evicted for s in self.stores.values())):
+            return 0
+        producer = self._producer
+        try:
+            producer.begin_transaction()
+            n = self.process(
+                polled, send=lambda t, k, v, p: producer.send(t, key=k, value=v, partition=p)
+            )
+            if due:
+                self._checkpoint(producer)
+            offsets = {
+                tp: OffsetAndMetadata(self.stores[tp].next_offset, "", -1)
+                for tp in (self.stores if due else polled)
+                if tp in self.stores
+            }
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+            producer.commit_transaction()
+        except KafkaError as e:
+            log.warning("transaction failed (%s); aborting and rewinding to the last commit", e)
+            self.metrics.transaction_failures += 1
+            try:
+                producer.abort_transaction()
+            except KafkaError:
+                log.exception("abort failed; reopening the Kafka clients")
+                self.close()
+                self._open()
+                return 0
+            self._rewind()
+            return 0
+        return n
+
+    def process(self, polled: dict[TopicPartition, list[Any]], send: Send | None) -> int:
+        """Step every record of `polled`; `send` is None while replaying (no output)."""
+        t0 = time.perf_counter()
+        queues: dict[tuple[TopicPartition, str], list[tuple[Observation, int, bytes | None]]] = {}
+        n = 0
+        for tp, records in polled.items():
+            store = self.stores.setdefault(tp, PartitionStore())
+            for rec in records:
+                n += 1
+                obs = decode_observation(rec.value, rec.key, self.model.spec)
+                if isinstance(obs, Rejection):
+                    self._reject(tp, rec.offset, obs, rec.value, send)
+                else:
+                    queues.setdefault((tp, obs.series), []).append((obs, rec.offset, rec.value))
+                store.next_offset = rec.offset + 1
+        while queues:
+            # One round: the next observation of every queued series, one batched model step.
+            keys, seen = [], set()
+            for key in queues:
+                if key[1] not in seen:  # the same id in two partitions waits a round
+                    keys.append(key)
+                    seen.add(key[1])
+            heads = [queues[k].pop(0) for k in keys]
+            states = [
+                self._state_for(k[0], obs.series, off)
+                for k, (obs, off, _) in zip(keys, heads, strict=True)
+            ]
+            results = update_batch(self.model, states, [h[0] for h in heads])
+            for (tp, series), (_, off, raw), (new, out) in zip(keys, heads, results, strict=True):
+                store = self.stores[tp]
+                if isinstance(out, Rejection):
+                    self._reject(tp, off, out, raw, send)
+                    continue
+                assert new is not None
+                store.series[series] = new
+                store.series.move_to_end(series)
+                store.touched[series] = off
+                store.dirty.add(series)
+                store.evicted.discard(series)
+                self.metrics.forecasts += 1
+                if send is not None:
+                    send(
+                        self.cfg.out_topic, series.encode(), forecast_message(self.model, out), None
+                    )
+            for k in keys:
+                if not queues[k]:
+                    del queues[k]
+        for tp in polled:
+            self._enforce_capacity(self.stores[tp])
+        self.metrics.events += n
+        if n:
+            self.metrics.observe_batch(time.perf_counter() - t0, n)
+        self.metrics.live_series = sum(len(s.series) for s in self.stores.values())
+        self.metrics.state_bytes = self.metrics.live_series * (
+            self.model.initial_flat().numel() * 4
+        )
+        return n
+
+    def _state_for(self, tp: TopicPartition, series: str, offset: int) -> SeriesState | None:
+        store = self.stores[tp]
+        state = store.series.get(series)
+        if state is not None and offset - store.touched.get(series, offset) > self.cfg.idle_records:
+            self.metrics.idle_restarts += 1
+            return None  # idle too long: forgotten, whether or not the sweep has run yet
+        return state
+
+    def _enforce_capacity(self, store: PartitionStore) -> None:
+        while len(store.series) > self.cfg.max_series_per_partition:
+            series, _ = store.series.popitem(last=False)  # least recently updated
+            store.touched.pop(series, None)
+            store.dirty.discard(series)
+            store.evicted.add(series)
+            self.metrics.evictions += 1
+
+    def _sweep_idle(self, store: PartitionStore) -> None:
+        for series in [
+            s for s, off in store.touched.items() if store.next_offset - off > self.cfg.idle_records
+        ]:
+            del store.series[series]
+            del store.touched[series]
+            store.dirty.discard(series)
+            store.evicted.add(series)
+            self.metrics.evictions += 1
+
+    def _reject(
+        self, tp: TopicPartition, offset: int, rej: Rejection, raw: bytes | None, send: Send | None
+    ) -> None:
+        self.metrics.count_rejection(rej.reason)
+        if send is not None:
+            send(
+                self.cfg.dead_letters,
+                b"" if raw is None else raw[:256],
+                dead_letter_message(tp, offset, rej, raw),
+                None,
+            )
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def _checkpoint(self, producer: KafkaProducer) -> None:
+        t0 = time.perf_counter()
+        for tp, store in self.stores.items():
+            self._sweep_idle(store)
+            for series in store.dirty:
+                value = encode_series(store.series[series], self.layout, store.touched[series])
+                producer.send(
+                    self.cfg.changelog, key=series.encode(), value=value, partition=tp.partition
+                )
+            for series in store.evicted:
+                producer.send(
+                    self.cfg.changelog, key=series.encode(), value=None, partition=tp.partition
+                )
+            marker = Marker(store.next_offset, self.model.label, self.layout)
+            producer.send(
+                self.cfg.changelog, key=MARKER_KEY, value=marker.to_bytes(), partition=tp.partition
+            )
+            store.dirty.clear()
+            store.evicted.clear()
+        self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoints += 1
+        self.metrics.checkpoint_seconds = time.perf_counter() - t0
+
+    def restore(self, tps: Iterable[TopicPartition]) -> None:
+        """Rebuild the state of `tps` from the changelog, then replay input up to the commit."""
+        assert self._consumer is not None
+        for tp in tps:
+            t0 = time.perf_counter()
+            store, marker = self._read_changelog(tp.partition)
+            committed = self._consumer.committed(tp)
+            start = marker.offset if marker is not None else None
+            if marker is not None and marker.layout != self.layout:
+                log.warning(
+                    "partition %s: checkpoint is from model %s; re-warming", tp, marker.model
+                )
+                store = self._rewarm(store)
+            self.stores[tp] = store
+            replayed = 0
+            if committed is not None and (start is None or start < committed):
+                replayed = self._replay(tp, start, committed)
+            position = committed if committed is not None else (start or 0)
+            self.stores[tp].next_offset = position
+            if committed is not None or start is not None:
+                self._consumer.seek(tp, position)
+            self.metrics.restores += 1
+            log.info(
+                "restored %s: %d series, replayed %d records in %.2f s",
+                tp,
+                len(self.stores[tp].series),
+                replayed,
+                time.perf_counter() - t0,
+            )
+
+    def _reader(self) -> KafkaConsumer:
+        return KafkaConsumer(
+            **self._options(),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_poll_records=self.cfg.max_poll_records,
+        )
+
+    def _read_changelog(self, partition: int) -> tuple[PartitionStore, Marker | None]:
+        tp = TopicPartition(self.cfg.changelog, partition)
+        reader = self._reader()
+        store, marker = PartitionStore(), None
+        try:
+            reader.assign([tp])
+            reader.seek_to_beginning(tp)
+            end = reader.end_offsets([tp])[tp]
+            while reader.position(tp) < end:
+                for rec in reader.poll(timeout_ms=500).get(tp, []):
+                    if rec.key == MARKER_KEY:
+                        marker = Marker.from_bytes(rec.value)
+                        continue
+                    series = rec.key.decode()
+                    if rec.value is None:
+                        store.series.pop(series, None)
+                        store.touched.pop(series, None)
+                        continue
+                    state, _, offset = decode_series(rec.value)
+                    store.series[series] = state
+                    store.series.move_to_end(series)
+                    store.touched[series] = offset
+        finally:
+            reader.close()
+        return store, marker
+
+    def _replay(self, tp: TopicPartition, start: int | None, stop: int) -> int:
+        reader = self._reader()
+        n = 0
+        try:
+            reader.assign([tp])
+            if start is None:
+                reader.seek_to_beginning(tp)
+            else:
+                reader.seek(tp, start)
+            while reader.position(tp) < stop:
+                records = [r for r in reader.poll(timeout_ms=500).get(tp, []) if r.offset < stop]
+                if records:
+                    self.process({tp: records}, send=None)
+                    n += len(records)
+        finally:
+            reader.close()
+        return n
+
+    def _rewind(self) -> None:
+        assert self._consumer is not None
+        tps = list(self.stores)
+        self.stores.clear()
+        self.restore(tps)
+
+    def _rewarm(self, store: PartitionStore) -> PartitionStore:
+        from serving.hot_swap import rewarm
+
+        out = rewarm(self.model, store.series)
+        new = PartitionStore(
+            series=OrderedDict(out), touched=dict(store.touched), next_offset=store.next_offset
+        )
+        new.dirty = set(out)
+        return new
+
+    def _update_lag(self) -> None:
+        if self._consumer is None:
+            return
+        lag = 0
+        for tp in self.stores:
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                lag += max(high - self.stores[tp].next_offset, 0)
+        self.metrics.lag = lag
+
+    # ---- model swap ----------------------------------------------------------------------
+    def swap_model(self, model: StreamModel) -> None:
+        """Between transactions: keep compatible states, re-warm the rest, checkpoint soon."""
+        from serving.hot_swap import rewarm
+
+        new_layout = model.model.init_state(1, device="cpu").layout_id()
+        old, kept = self.model, new_layout == self.layout
+        self.model = model
+        if not kept:
+            for store in self.stores.values():
+                store.series = OrderedDict(rewarm(model, store.series))
+        self.layout = new_layout
+        for store in self.stores.values():
+            store.dirty = set(store.series)
+        self._last_checkpoint = 0.0  # the next transaction checkpoints under the new model
+        self.metrics.model_swaps += 1
+        log.info(
+            "model %s -> %s (state %s)", old.label, model.label, "kept" if kept else "re-warmed"
+        )
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, proc: StreamProcessor):
+        self.proc = proc
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Every transaction is committed before the next poll, so there is nothing to flush: the
+        # new owner restores from the changelog and replays to the committed offset.
+        for tp in revoked:
+            self.proc.stores.pop(tp, None)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.proc.restore(assigned)

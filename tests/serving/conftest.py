@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from forecast import ModelConfig, build_model
+from serving.update import StreamModel
+
+CHANNELS = ("a", "b", "c")
+HOUR = 3600 * 10**9
+T0 = 1_700_000_000 * 10**9 // HOUR * HOUR  # an hour boundary
+
+
+def small_stream_model(kind: str = "selective_ssm", seed: int = 0, **overrides: object) -> StreamModel:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(kind=kind, n_channels=3, horizon=4, d_model=16, n_layers=2, d_state=4,
+                      n_covariates=7, **overrides)  # type: ignore[arg-type]
+    model = build_model(cfg)
+    extra = {
+        "channels": list(CHANNELS),
+        "frequency": "h",
+        "calendar": True,
+        "static_covariates": ["elevation"],
+        "lookback": 8,
+    }
+    return StreamModel.from_artifact(model, extra, f"test/{kind}/{seed}")
+
+
+@pytest.fixture(scope="module")
+def stream_model() -> StreamModel:
+    return small_stream_model()
