@@ -86,7 +86,7 @@ def decode_series(raw: bytes) -> tuple[SeriesState, str, int]:
     if set(tensors) != need:
         raise ValueError(f"series checkpoint holds {sorted(tensors)}, expected {sorted(need)}")
     state = SeriesState(
-        hidden=tensors["hidden"].float(),
+        hidden=tensors["hidden"],
         last_ts=int(meta["last_ts"]),
         steps=int(meta["steps"]),
         recent_ts=tensors["recent_ts"].numpy().astype(np.int64),

@@ -130,6 +130,7 @@ class StreamProcessor:
         self.metrics = metrics or ProcessorMetrics()
         self.layout = model.model.init_state(1, device="cpu").layout_id()
         self.stores: dict[TopicPartition, PartitionStore] = {}
+        self.pending: set[TopicPartition] = set()  # assigned, not yet restored
         self._last_checkpoint = time.monotonic()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -205,6 +206,13 @@ class StreamProcessor:
         polled = self._consumer.poll(
             timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records
         )
+        if self.pending:
+            # Newly assigned: drop what was fetched before the restore, restore, then resume.
+            polled = {tp: recs for tp, recs in polled.items() if tp not in self.pending}
+            todo = sorted(self.pending)
+            self.pending.clear()
+            self.restore(todo)
+            self._consumer.resume(*todo)
         self._update_lag()
         due = time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_interval_s
         if not polled and not (due and any(s.dirty or s.evicted for s in self.stores.values())):
@@ -490,6 +498,9 @@ class StreamProcessor:
 
 
 class _Rebalance(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread, where blocking calls are not allowed: it only pauses new
+    partitions and marks them; the loop restores them right after `poll` returns."""
+
     def __init__(self, proc: StreamProcessor):
         self.proc = proc
 
@@ -498,6 +509,9 @@ class _Rebalance(ConsumerRebalanceListener):
         # new owner restores from the changelog and replays to the committed offset.
         for tp in revoked:
             self.proc.stores.pop(tp, None)
+            self.proc.pending.discard(tp)
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.proc.restore(assigned)
+        if assigned and self.proc._consumer is not None:
+            self.proc._consumer.pause(*assigned)
+        self.proc.pending.update(assigned)

@@ -80,7 +80,7 @@ class StreamModel:
             max_gap_steps=max_gap_steps,
         )
 
-    # The hidden state of one series is kept as one flat float32 vector: cheap to stack into a
+    # The hidden state of one series is kept as one flat vector: cheap to stack into a
     # batch and to copy out again (a view would keep the whole batch's tensor alive).
     def layout(self) -> list[tuple[str, list[int], str]]:
         return self.model.init_state(1, device="cpu").layout()
@@ -101,8 +101,9 @@ class StreamModel:
 
 
 def flatten(state: ModelState) -> torch.Tensor:
-    """ModelState with B series -> [B, F] float32."""
-    return torch.cat([t.reshape(t.shape[0], -1).float() for _, t in state.named_tensors()], 1)
+    """ModelState with B series -> [B, F] (the state's dtype: float32, or float64 for a model
+    saved in double precision)."""
+    return torch.cat([t.reshape(t.shape[0], -1) for _, t in state.named_tensors()], 1)
 
 
 def unflatten(flat: torch.Tensor, template: ModelState) -> ModelState:
@@ -122,7 +123,7 @@ def unflatten(flat: torch.Tensor, template: ModelState) -> ModelState:
 
 @dataclass(frozen=True)
 class SeriesState:
-    hidden: torch.Tensor  # [F] float32, the model state
+    hidden: torch.Tensor  # [F], the model state flattened
     last_ts: int  # ns
     steps: int  # model steps taken (observations and gap steps)
     recent_ts: np.ndarray  # [R] int64 ns of the last R accepted observations (oldest first)

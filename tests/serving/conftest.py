@@ -11,11 +11,24 @@ HOUR = 3600 * 10**9
 T0 = 1_700_000_000 * 10**9 // HOUR * HOUR  # an hour boundary
 
 
-def small_stream_model(kind: str = "selective_ssm", seed: int = 0, **overrides: object) -> StreamModel:
+def small_stream_model(
+    kind: str = "selective_ssm",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides: object,
+) -> StreamModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig(kind=kind, n_channels=3, horizon=4, d_model=16, n_layers=2, d_state=4,
-                      n_covariates=7, **overrides)  # type: ignore[arg-type]
-    model = build_model(cfg)
+    cfg = ModelConfig(
+        kind=kind,
+        n_channels=3,
+        horizon=4,
+        d_model=16,
+        n_layers=2,
+        d_state=4,
+        n_covariates=7,
+        **overrides,
+    )  # type: ignore[arg-type]
+    model = build_model(cfg).to(dtype).to(dtype)
     extra = {
         "channels": list(CHANNELS),
         "frequency": "h",

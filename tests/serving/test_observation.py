@@ -32,7 +32,9 @@ def test_good_record() -> None:
     assert out.series == "station-1"
     assert out.ts == np.datetime64("2024-01-01T05:00:00", "ns").astype(np.int64)
     assert out.values[0] == 1.5 and np.isnan(out.values[1])
-    aware = decode_observation(json.dumps(good(ts="2024-01-01T07:00:00+02:00")).encode(), None, SPEC)
+    aware = decode_observation(
+        json.dumps(good(ts="2024-01-01T07:00:00+02:00")).encode(), None, SPEC
+    )
     assert isinstance(aware, Observation) and aware.ts == out.ts
 
 
@@ -77,7 +79,9 @@ def test_key_must_match_series() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -94,10 +98,15 @@ def test_decoder_never_raises(raw: bytes) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.dictionaries(st.sampled_from(["a", "b"]), st.none() | st.floats(allow_nan=False, allow_infinity=False, width=32)),
+    st.dictionaries(
+        st.sampled_from(["a", "b"]),
+        st.none() | st.floats(allow_nan=False, allow_infinity=False, width=32),
+    ),
     st.datetimes(),
 )
-def test_decoder_accepts_every_well_formed_record(values: dict[str, float | None], when: object) -> None:
+def test_decoder_accepts_every_well_formed_record(
+    values: dict[str, float | None], when: object
+) -> None:
     doc = {"series": "s", "ts": when.isoformat(), "values": values, "covariates": {"elev": 1}}  # type: ignore[attr-defined]
     out = decode_observation(json.dumps(doc).encode(), None, SPEC)
     assert isinstance(out, Observation), out

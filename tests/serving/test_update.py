@@ -78,7 +78,12 @@ def test_out_of_order_and_off_grid_leave_state_alone(stream_model: StreamModel) 
     for bad, reason in [
         (obs("s", 3, rng), "out_of_order"),
         (obs("s", 1, rng), "out_of_order"),
-        (Observation("s", state.last_ts + HOUR // 2, np.zeros(3, np.float32), np.ones(1, np.float32)), "off_grid"),
+        (
+            Observation(
+                "s", state.last_ts + HOUR // 2, np.zeros(3, np.float32), np.ones(1, np.float32)
+            ),
+            "off_grid",
+        ),
     ]:
         new, out = update(stream_model, state, bad)
         assert isinstance(out, Rejection) and out.reason == reason

@@ -1,0 +1,158 @@
+"""One stream processor with its model watcher, in a thread or as a process of its own.
+
+The Ray Serve deployment (serving/app.py) runs one of these per replica; `statecast process`
+(or `python -m serving.worker`) runs one without Ray, e.g. as a plain container.
+Between transactions the worker checks the model URI every `model_poll_s`; when an alias has moved
+it loads the new version and swaps (serving/hot_swap.py says what happens to the states).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.metrics import ProcessorMetrics
+from serving.model_source import ModelRef, load_stream_model, resolve
+from serving.processor import ProcessorConfig, StreamProcessor
+from serving.update import StreamModel
+
+__all__ = ["StreamWorker", "WorkerConfig", "main"]
+
+log = logging.getLogger("statecast.serving")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model_uri: str
+    processor: ProcessorConfig
+    model_poll_s: float = 30.0
+    max_gap_steps: int = 1000
+    max_record_bytes: int = 65536
+
+
+class StreamWorker:
+    def __init__(self, cfg: WorkerConfig):
+        self.cfg = cfg
+        self.metrics = ProcessorMetrics()
+        self._tmp = Path(tempfile.mkdtemp(prefix="statecast-model-"))
+        self.ref = resolve(cfg.model_uri)
+        self.processor = StreamProcessor(cfg.processor, self._load(self.ref), self.metrics)
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def _load(self, ref: ModelRef) -> StreamModel:
+        return load_stream_model(
+            ref,
+            self._tmp / ref.label.replace("/", "_"),
+            max_gap_steps=self.cfg.max_gap_steps,
+            max_bytes=self.cfg.max_record_bytes,
+        )
+
+    def run(self) -> None:
+        """Consume until `stop_event` is set (or an unrecoverable error, kept in `error`)."""
+        proc = self.processor
+        try:
+            proc.ensure_topics()
+            proc._open()
+            checked = time.monotonic()
+            while not self.stop_event.is_set():
+                proc.poll_once()
+                if time.monotonic() - checked >= self.cfg.model_poll_s:
+                    checked = time.monotonic()
+                    self._maybe_swap()
+        except BaseException as e:
+            self.error = e
+            log.exception("stream worker stopped")
+            raise
+        finally:
+            proc.close()
+
+    def _maybe_swap(self) -> None:
+        try:
+            ref = resolve(self.cfg.model_uri)
+        except Exception:  # the registry being down must not stop the stream
+            log.warning("could not resolve %s; keeping %s", self.cfg.model_uri, self.ref.label)
+            return
+        if ref.label != self.ref.label:
+            self.processor.swap_model(self._load(ref))
+            self.ref = ref
+
+    def start(self) -> None:
+        self.thread = threading.Thread(
+            target=self._run_quietly, name="statecast-stream", daemon=True
+        )
+        self.thread.start()
+
+    def _run_quietly(self) -> None:
+        with contextlib.suppress(BaseException):  # kept in self.error for health checks
+            self.run()
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive() and self.error is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+
+def add_processor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-uri", required=True, help="models:/NAME@champion, runs:/ID/model or a folder"
+    )
+    p.add_argument("--bootstrap-servers", required=True)
+    p.add_argument("--in-topic", required=True)
+    p.add_argument("--out-topic", required=True)
+    p.add_argument("--group", default="statecast")
+    p.add_argument("--dead-letter-topic", default="")
+    p.add_argument("--checkpoint-interval", type=float, default=5.0, help="seconds")
+    p.add_argument("--max-poll-records", type=int, default=5000)
+    p.add_argument("--idle-records", type=int, default=1_000_000)
+    p.add_argument("--max-series-per-partition", type=int, default=200_000)
+    p.add_argument("--model-poll", type=float, default=30.0, help="seconds between alias checks")
+
+
+def processor_config(args: argparse.Namespace, instance: str) -> ProcessorConfig:
+    return ProcessorConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        in_topic=args.in_topic,
+        out_topic=args.out_topic,
+        group_id=args.group,
+        dead_letter_topic=args.dead_letter_topic,
+        instance=instance,
+        checkpoint_interval_s=args.checkpoint_interval,
+        max_poll_records=args.max_poll_records,
+        idle_records=args.idle_records,
+        max_series_per_partition=args.max_series_per_partition,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="statecast process", description="run one stream processor")
+    add_processor_arguments(p)
+    p.add_argument("--instance", default="0", help="stable id: transactional.id = GROUP-INSTANCE")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    worker = StreamWorker(
+        WorkerConfig(
+            args.model_uri, processor_config(args, args.instance), model_poll_s=args.model_poll
+        )
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: worker.stop_event.set())
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
