@@ -14,11 +14,13 @@ u_t = S_{t-1} a_t solves a unit lower-triangular system, so the chunk is
 (the C x C matrices A_* and the decayed rows A0, R0, B_hat, K_hat are defined in README.md). Only
 the chunk-to-chunk pass over S is sequential; everything else is tl.dot on [BT, K] tiles.
 
-Three kernels:
-- forward: grid (B*H, row blocks); walks the chunks, saves S at every chunk start when a
-  gradient is needed, writes y and S_T;
-- backward, state pass: grid (B*H, row blocks); walks the chunks backwards carrying the adjoint
-  dS, writes it at every chunk end, and dS0;
+Four kernels:
+- prep: grid (B*H, chunks), all chunks at once: the S-independent matrices W, Q, Uv, Yv
+  (U = W S_0^T + Uv, Y = Q S_0^T + Yv; README.md);
+- forward: grid (row blocks, B*H); walks the chunks with only the S-dependent products, saves S
+  at every chunk start when a gradient is needed, writes y and S_T;
+- backward, state pass: grid (row blocks, B*H); walks the chunks backwards carrying the adjoint
+  dS (from W and Q), writes it at every chunk end, and dS0;
 - backward, chunk pass: grid (B*H, chunks), all chunks at once; from the saved S at the chunk start
   and dS at its end it recomputes the chunk and writes every input gradient.
 
@@ -54,10 +56,22 @@ CHUNK = 16
 # (2026-11-28, B=64, T=4096, H=4, K=64, bf16) the forward took 10.2 ms at 16 rows and 3.66 ms at
 # 64 (one block per head); 5.49 ms at 16 rows with "tf32" products; 14.6 ms with CHUNK = 32.
 ROWS = 64
+# Warps of the sequential passes and of the parallel chunk-preparation kernel.
+STATE_WARPS = 4
+PREP_WARPS = 2
+CHUNK_BWD_WARPS = 8
+# Software-pipelining stages of the sequential passes' loops (Triton's num_stages).
+STATE_STAGES = 3
 # Precision of the float32 matrix products: "ieee" is plain float32 arithmetic; "tf32x3" runs on
 # tensor cores with three TF32 products each (float32 inputs at B=64, T=4096 came within 5.7e-7 of
 # the float64 reference on the H200); "tf32" is faster but rounds operands to 10 mantissa bits.
 DOT_PRECISION = "tf32x3"
+# The same for bfloat16 inputs.
+DOT_PRECISION_BF16 = "tf32x3"
+
+
+def _precision(r: Tensor) -> str:
+    return DOT_PRECISION_BF16 if r.dtype == torch.bfloat16 else DOT_PRECISION
 
 
 @triton.jit
@@ -131,13 +145,80 @@ def _chunk_matrices(
 
 
 @triton.jit
-def _fwd_kernel(
+def _prep_kernel(
     r,
     log_w,
     k,
     v,
     a,
     b,
+    mats,
+    T,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    N_SQ: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The S-independent part of one chunk, all chunks in parallel: W, Q, Uv, Yv into mats.
+
+    U = W S_0^T + Uv and Y = Q S_0^T + Yv, with W = P A0, Uv = P A_ak V, Q = R0 + A_rb W and
+    Yv = A_rb Uv + A_rk V; mats is [B*H, n_c, 4, BT, K] float32 in the order W, Q, Uv, Yv.
+    """
+    i_bh = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    n_c = tl.num_programs(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_j = tl.arange(0, BK)
+    o_t = tl.arange(0, BT)
+    base = i_b * T * H * K + i_h * K
+    t0 = c * BT
+    r_c = _load_tile(r, base, t0, T, o_j, H, K, BT)
+    lw = _load_tile(log_w, base, t0, T, o_j, H, K, BT)
+    k_c = _load_tile(k, base, t0, T, o_j, H, K, BT)
+    a_c = _load_tile(a, base, t0, T, o_j, H, K, BT)
+    b_c = _load_tile(b, base, t0, T, o_j, H, K, BT)
+    v_c = _load_tile(v, base, t0, T, o_j, H, K, BT)
+    _, _, _, _, _, A_ak, A_rb, A_rk, P, a_0, r_0, _, _, _ = _chunk_matrices(
+        r_c, lw, k_c, a_c, b_c, BT, N_SQ, PREC
+    )
+    W = tl.dot(P, a_0, input_precision=PREC)
+    Uv = tl.dot(P, tl.dot(A_ak, v_c, input_precision=PREC), input_precision=PREC)
+    Q = r_0 + tl.dot(A_rb, W, input_precision=PREC)
+    Yv = tl.dot(A_rb, Uv, input_precision=PREC) + tl.dot(A_rk, v_c, input_precision=PREC)
+    p = mats + ((i_bh * n_c + c) * 4 * BT + o_t[:, None]) * K + o_j[None, :]
+    m = (o_t[:, None] < BT) & (o_j[None, :] < K)
+    tl.store(p, W, mask=m)
+    tl.store(p + BT * K, Q, mask=m)
+    tl.store(p + 2 * BT * K, Uv, mask=m)
+    tl.store(p + 3 * BT * K, Yv, mask=m)
+
+
+@triton.jit
+def _mat_tile(mats, i_bh, c, n_c, which: tl.constexpr, o_c, K: tl.constexpr, BT: tl.constexpr):
+    """[BT, len(o_c)] tile `which` (0 W, 1 Q, 2 Uv, 3 Yv) of chunk c from mats."""
+    o_t = tl.arange(0, BT)
+    p = mats + ((i_bh * n_c + c) * 4 * BT + which * BT + o_t[:, None]) * K + o_c[None, :]
+    return tl.load(p, mask=(o_t[:, None] < BT) & (o_c[None, :] < K), other=0)
+
+
+@triton.jit
+def _end_decays(lw, b_c, k_c, BT: tl.constexpr):
+    """B_hat, K_hat (rows decayed to the chunk end) and exp(g_C) from log_w [BT, BK]."""
+    g, _, g_last, _ = _decays(lw, BT)
+    e_out = tl.exp(g_last[None, :] - g)
+    return b_c * e_out, k_c * e_out, tl.exp(g_last)
+
+
+@triton.jit
+def _fwd_kernel(
+    log_w,
+    k,
+    v,
+    b,
+    mats,
     s0,
     y,
     s_out,
@@ -148,13 +229,13 @@ def _fwd_kernel(
     BT: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    N_SQ: tl.constexpr,
-    PREC: tl.constexpr,
     USE_S0: tl.constexpr,
     SAVE: tl.constexpr,
+    PREC: tl.constexpr,
 ):
-    i_bh = tl.program_id(0).to(tl.int64)
-    i_v = tl.program_id(1)
+    """The sequential pass over chunks for BV rows of S, from the prepared W, Q, Uv, Yv."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H
     i_h = i_bh % H
     o_i = i_v * BV + tl.arange(0, BV)
@@ -170,20 +251,18 @@ def _fwd_kernel(
         if SAVE:
             tl.store(ckpt + (i_bh * n_c + c) * K * K + p_s, S, mask=m_s)
         t0 = c * BT
-        r_c = _load_tile(r, base, t0, T, o_j, H, K, BT)
+        W = _mat_tile(mats, i_bh, c, n_c, 0, o_j, K, BT)
+        Q = _mat_tile(mats, i_bh, c, n_c, 1, o_j, K, BT)
+        Uv = _mat_tile(mats, i_bh, c, n_c, 2, o_i, K, BT)
+        Yv = _mat_tile(mats, i_bh, c, n_c, 3, o_i, K, BT)
         lw = _load_tile(log_w, base, t0, T, o_j, H, K, BT)
         k_c = _load_tile(k, base, t0, T, o_j, H, K, BT)
-        a_c = _load_tile(a, base, t0, T, o_j, H, K, BT)
         b_c = _load_tile(b, base, t0, T, o_j, H, K, BT)
         v_c = _load_tile(v, base, t0, T, o_i, H, K, BT)
-        _, _, _, _, _, A_ak, A_rb, A_rk, P, a_0, r_0, b_h, k_h, gam = _chunk_matrices(
-            r_c, lw, k_c, a_c, b_c, BT, N_SQ, PREC
-        )
+        b_h, k_h, gam = _end_decays(lw, b_c, k_c, BT)
         St = tl.trans(S)
-        Z = tl.dot(a_0, St, input_precision=PREC) + tl.dot(A_ak, v_c, input_precision=PREC)
-        U = tl.dot(P, Z, input_precision=PREC)
-        Y = tl.dot(r_0, St, input_precision=PREC)
-        Y += tl.dot(A_rb, U, input_precision=PREC) + tl.dot(A_rk, v_c, input_precision=PREC)
+        U = tl.dot(W, St, input_precision=PREC) + Uv
+        Y = tl.dot(Q, St, input_precision=PREC) + Yv
         _store_tile(y, base, t0, T, o_i, Y, H, K, BT)
         S = S * gam[None, :] + tl.dot(tl.trans(U), b_h, input_precision=PREC)
         S += tl.dot(tl.trans(v_c), k_h, input_precision=PREC)
@@ -192,12 +271,10 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_state_kernel(
-    r,
     log_w,
-    k,
-    a,
     b,
     dy,
+    mats,
     ds_out,
     dS,
     ds0,
@@ -207,14 +284,16 @@ def _bwd_state_kernel(
     BT: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    N_SQ: tl.constexpr,
     PREC: tl.constexpr,
     HAS_DS_OUT: tl.constexpr,
     STORE_DS0: tl.constexpr,
 ):
-    """Adjoint of S at every chunk end (into dS [B*H, n_c, K, K]) and of S0."""
-    i_bh = tl.program_id(0).to(tl.int64)
-    i_v = tl.program_id(1)
+    """Adjoint of S at every chunk end (into dS [B*H, n_c, K, K]) and of S0.
+
+    Per chunk G_0 = G (diag(e^{g_C}) + W^T B_hat)^T + dY^T Q (README.md).
+    """
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // H
     i_h = i_bh % H
     o_i = i_v * BV + tl.arange(0, BV)
@@ -230,20 +309,15 @@ def _bwd_state_kernel(
         c = n_c - 1 - cc
         tl.store(dS + (i_bh * n_c + c) * K * K + p_s, G, mask=m_s)
         t0 = c * BT
-        r_c = _load_tile(r, base, t0, T, o_j, H, K, BT)
+        W = _mat_tile(mats, i_bh, c, n_c, 0, o_j, K, BT)
+        Q = _mat_tile(mats, i_bh, c, n_c, 1, o_j, K, BT)
         lw = _load_tile(log_w, base, t0, T, o_j, H, K, BT)
-        k_c = _load_tile(k, base, t0, T, o_j, H, K, BT)
-        a_c = _load_tile(a, base, t0, T, o_j, H, K, BT)
         b_c = _load_tile(b, base, t0, T, o_j, H, K, BT)
         dy_c = _load_tile(dy, base, t0, T, o_i, H, K, BT)
-        _, _, _, _, _, _, A_rb, _, P, a_0, r_0, b_h, _, gam = _chunk_matrices(
-            r_c, lw, k_c, a_c, b_c, BT, N_SQ, PREC
-        )
-        dU = tl.dot(tl.trans(A_rb), dy_c, input_precision=PREC)
-        dU += tl.dot(b_h, tl.trans(G), input_precision=PREC)
-        dZ = tl.dot(tl.trans(P), dU, input_precision=PREC)
-        G = G * gam[None, :] + tl.dot(tl.trans(dy_c), r_0, input_precision=PREC)
-        G += tl.dot(tl.trans(dZ), a_0, input_precision=PREC)
+        b_h, _, gam = _end_decays(lw, b_c, b_c, BT)
+        Gb = tl.dot(G, tl.trans(b_h), input_precision=PREC)
+        G = G * gam[None, :] + tl.dot(Gb, W, input_precision=PREC)
+        G += tl.dot(tl.trans(dy_c), Q, input_precision=PREC)
     if STORE_DS0:
         tl.store(ds0 + i_bh * K * K + p_s, G.to(ds0.dtype.element_ty), mask=m_s)
 
@@ -356,6 +430,34 @@ def _sizes(size: int) -> tuple[int, int, int, int]:
     return bk, bv, triton.cdiv(size, bv), CHUNK.bit_length() - 2
 
 
+def _prepare(
+    r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, n_sq: int
+) -> Tensor:
+    """W, Q, Uv, Yv of every chunk, [B*H, n_c, 4, CHUNK, K] float32 (the prep kernel)."""
+    batch, steps, heads, size = r.shape
+    n_c = triton.cdiv(steps, CHUNK)
+    bk = max(16, triton.next_power_of_2(size))
+    mats = _empty((batch * heads, n_c, 4, CHUNK, size), dtype=torch.float32, device=r.device)
+    _prep_kernel[(batch * heads, n_c)](
+        r,
+        log_w,
+        k,
+        v,
+        a,
+        b,
+        mats,
+        steps,
+        H=heads,
+        K=size,
+        BT=CHUNK,
+        BK=bk,
+        N_SQ=n_sq,
+        PREC=_precision(r),
+        num_warps=PREP_WARPS,
+    )
+    return mats
+
+
 class _Chunk(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -383,13 +485,13 @@ class _Chunk(torch.autograd.Function):
         ckpt = _empty(
             (batch, heads, n_c if save else 1, size, size), dtype=torch.float32, device=dev
         )
-        _fwd_kernel[(batch * heads, n_v)](
-            r,
+        mats = _prepare(r, log_w, k, v, a, b, n_sq)
+        _fwd_kernel[(n_v, batch * heads)](
             log_w,
             k,
             v,
-            a,
             b,
+            mats,
             S_T if S0c is None else S0c,
             y,
             S_T,
@@ -400,21 +502,21 @@ class _Chunk(torch.autograd.Function):
             BT=CHUNK,
             BK=bk,
             BV=bv,
-            N_SQ=n_sq,
-            PREC=DOT_PRECISION,
             USE_S0=S0c is not None,
             SAVE=save,
-            num_warps=4,
+            PREC=_precision(r),
+            num_warps=STATE_WARPS,
+            num_stages=STATE_STAGES,
         )
         if save:
-            ctx.save_for_backward(r, log_w, k, v, a, b, ckpt)
+            ctx.save_for_backward(r, log_w, k, v, a, b, ckpt, mats)
             ctx.has_s0 = S0c is not None
             ctx.s0_dtype = s_dtype
         return y, S_T
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor | None, dS_T: Tensor | None) -> tuple[Tensor | None, ...]:
-        r, log_w, k, v, a, b, ckpt = ctx.saved_tensors
+        r, log_w, k, v, a, b, ckpt, mats = ctx.saved_tensors
         batch, steps, heads, size = r.shape
         bk, bv, n_v, n_sq = _sizes(size)
         n_c = triton.cdiv(steps, CHUNK)
@@ -423,13 +525,11 @@ class _Chunk(torch.autograd.Function):
         dS_Tc = None if dS_T is None else dS_T.contiguous()
         dS = _empty((batch, heads, n_c, size, size), dtype=torch.float32, device=dev)
         ds0 = _empty((batch, heads, size, size), dtype=ctx.s0_dtype, device=dev)
-        _bwd_state_kernel[(batch * heads, n_v)](
-            r,
+        _bwd_state_kernel[(n_v, batch * heads)](
             log_w,
-            k,
-            a,
             b,
             dy,
+            mats,
             ds0 if dS_Tc is None else dS_Tc,
             dS,
             ds0,
@@ -439,11 +539,11 @@ class _Chunk(torch.autograd.Function):
             BT=CHUNK,
             BK=bk,
             BV=bv,
-            N_SQ=n_sq,
-            PREC=DOT_PRECISION,
+            PREC=_precision(r),
             HAS_DS_OUT=dS_Tc is not None,
             STORE_DS0=ctx.has_s0,
-            num_warps=4,
+            num_warps=STATE_WARPS,
+            num_stages=STATE_STAGES,
         )
         grads = [_empty(x.shape, dtype=x.dtype, device=dev) for x in (r, log_w, k, v, a, b)]
         _bwd_chunk_kernel[(batch * heads, n_c)](
@@ -463,8 +563,8 @@ class _Chunk(torch.autograd.Function):
             BT=CHUNK,
             BK=bk,
             N_SQ=n_sq,
-            PREC=DOT_PRECISION,
-            num_warps=8,
+            PREC=_precision(r),
+            num_warps=CHUNK_BWD_WARPS,
         )
         return (*grads, ds0 if ctx.has_s0 else None)
 

@@ -46,6 +46,7 @@ CHECKPOINT = 32
 FWD_ROWS = 16
 BWD_ROWS = 64
 STEP_ROWS = 16
+STEP_WARPS = 4
 FWD_WARPS = 2
 BWD_WARPS = 4
 
@@ -404,6 +405,6 @@ def rwkv7_step_fused(
     y = _empty(r.shape, dtype=r.dtype, device=r.device)
     S_new = _empty(S.shape, dtype=S.dtype, device=S.device)
     _step_kernel[(batch * heads, n_v)](
-        S, r, log_w, k, v, a, b, y, S_new, K=size, BK=bk, BV=bv, num_warps=4
+        S, r, log_w, k, v, a, b, y, S_new, K=size, BK=bk, BV=bv, num_warps=STEP_WARPS
     )
     return y, S_new
