@@ -7,17 +7,28 @@ before each window). Prints one table; --out appends JSON lines for docs/RESULTS
 
     python -m bench.accuracy --datasets ETTh1 --horizons 96 720 --lookbacks 96 --device cpu
 
+--jobs N trains N configurations at once in separate processes (on one GPU, small models are
+bound by kernel launches, so several processes share it well). --variant NAME=OPTIONS adds a
+method variant (e.g. --variant mixed="--no-channel-independent --lr 1e-3"); without one the
+defaults below are the method.
+
 (Run it as a module: as a script, bench/kernels.py would shadow the `kernels` package.)
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import copy
+import dataclasses
 import itertools
 import json
 import math
+import multiprocessing
+import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,7 +51,7 @@ PUBLISHED = {
 }
 
 
-def run_one(path: Path, cfg: TrainConfig, device: str) -> dict[str, object]:
+def run_one(path: Path, cfg: TrainConfig, device: str, label: str = "") -> dict[str, object]:
     torch.manual_seed(cfg.seed)
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
@@ -57,7 +68,7 @@ def run_one(path: Path, cfg: TrainConfig, device: str) -> dict[str, object]:
         )
         val = validate(model, data.values, data.covariates, splits.val, cfg, device)
         epochs = epoch + 1
-        tag = f"{data.name} H={cfg.horizon} L={cfg.lookback}"
+        tag = f"{label} {data.name} H={cfg.horizon} L={cfg.lookback}"
         print(f"  {tag} epoch {epoch}: loss {loss:.4f} val {val:.4f}", flush=True)
         if val < best:
             best, bad = val, 0
@@ -74,9 +85,9 @@ def run_one(path: Path, cfg: TrainConfig, device: str) -> dict[str, object]:
     published = PUBLISHED.get((data.name, cfg.horizon), (math.nan, math.nan))
     return {
         "dataset": data.name,
-        "kind": cfg.kind
-        if not cfg.norm_halflife
-        else f"{cfg.kind}, running norm {cfg.norm_halflife}",
+        "kind": cfg.kind,
+        "variant": label,
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "data"},
         "horizon": cfg.horizon,
         "lookback": cfg.lookback,
         "epochs": epochs,
@@ -93,55 +104,119 @@ def run_one(path: Path, cfg: TrainConfig, device: str) -> dict[str, object]:
     }
 
 
+def method_parser() -> argparse.ArgumentParser:
+    """Options of the method (one --variant's settings)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--kind", default="selective_ssm")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--steps-per-epoch", type=int, default=0)
+    p.add_argument("--norm-halflife", type=int, default=96, help="0 = global scaler")
+    p.add_argument("--channel-independent", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--linear-lookback", type=int, default=None, help="default: the lookback")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--loss-positions", default="origin", choices=["origin", "all"])
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def train_config(args: argparse.Namespace, data: str, lookback: int, horizon: int) -> TrainConfig:
+    return TrainConfig(
+        data=data,
+        kind=args.kind,
+        lookback=lookback,
+        horizon=horizon,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        steps_per_epoch=args.steps_per_epoch,
+        norm_halflife=args.norm_halflife,
+        channel_independent=args.channel_independent,
+        linear_lookback=args.linear_lookback,
+        dropout=args.dropout,
+        loss_positions=args.loss_positions,
+        seed=args.seed,
+    )
+
+
+def _job(item: tuple[str, TrainConfig, str, str | None]) -> dict[str, Any]:
+    label, cfg, device, out = item
+    row = run_one(Path(cfg.data), cfg, device, label)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[method_parser()],
     )
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--datasets", nargs="+", default=["ETTh1", "ETTm1", "weather"])
     p.add_argument("--horizons", nargs="+", type=int, default=[96, 192, 336, 720])
     p.add_argument("--lookbacks", nargs="+", type=int, default=[96])
-    p.add_argument("--kind", default="selective_ssm")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--steps-per-epoch", type=int, default=0)
-    p.add_argument("--norm-halflife", type=int, nargs="+", default=[0], help="0 = global scaler")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OPTIONS",
+        help="a method variant: these options on top of the command's (repeatable)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="configurations trained at once")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="append one JSON line per result")
     args = p.parse_args()
-    rows = []
-    for name in args.datasets:
-        for horizon in args.horizons:
-            for lookback, halflife in itertools.product(args.lookbacks, args.norm_halflife):
-                cfg = TrainConfig(
-                    data=str(Path(args.data_dir) / f"{name}.csv"),
-                    kind=args.kind,
-                    lookback=lookback,
-                    horizon=horizon,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    lr=args.lr,
-                    d_model=args.d_model,
-                    n_layers=args.n_layers,
-                    steps_per_epoch=args.steps_per_epoch,
-                    norm_halflife=halflife,
-                )
-                row = run_one(Path(cfg.data), cfg, args.device)
-                rows.append(row)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+    variants = [("default", args)]
+    if args.variant:
+        variants = []
+        for spec in args.variant:
+            name, _, opts = spec.partition("=")
+            # Defaults come from the command's namespace: a variant changes only what it names.
+            ns = method_parser().parse_args(shlex.split(opts), namespace=copy.copy(args))
+            variants.append((name, ns))
+    items = [
+        (
+            label,
+            train_config(v, str(Path(args.data_dir) / f"{name}.csv"), lookback, horizon),
+            args.device,
+            args.out,
+        )
+        for name, horizon, lookback, (label, v) in itertools.product(
+            args.datasets, args.horizons, args.lookbacks, variants
+        )
+    ]
+    start = time.perf_counter()
+    if args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            rows = list(pool.map(_job, items))
+    else:
+        rows = [_job(item) for item in items]
+    print(f"total wall time {time.perf_counter() - start:.0f} s")
+    print_table(rows)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
     print(
-        "| dataset | H | L | model | test MSE | test MAE | full-history MSE "
+        "| dataset | H | L | variant | test MSE | test MAE | full-history MSE "
         "| best published (L=96 / any) | epochs | train s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['dataset']} | {r['horizon']} | {r['lookback']} | {r['kind']} "
+            f"| {r['dataset']} | {r['horizon']} | {r['lookback']} | {r['variant']} "
             f"| {r['test_mse']:.3f} | "
             f"{r['test_mae']:.3f} | {r['full_history_mse']:.3f} | {r['published_best_l96']} / "
             f"{r['published_best_any']} | {r['epochs']} | {r['train_seconds']} |"

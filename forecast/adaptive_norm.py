@@ -58,11 +58,37 @@ class AdaptiveNorm(nn.Module):
         return mean, std, LevelState(mean, var, seen.clamp(max=self.cap))
 
     @torch.no_grad()
-    def scan(self, z: Tensor, observed: Tensor, s: LevelState) -> tuple[Tensor, Tensor, LevelState]:
-        """z, observed [B, T, C] -> (mean, std [B, T, C], state after the last step)."""
-        means, stds = [], []
-        for t in range(z.shape[1]):
-            mean, std, s = self.step(z[:, t], observed[:, t], s)
-            means.append(mean)
-            stds.append(std)
-        return torch.stack(means, 1), torch.stack(stds, 1), s
+    def scan(
+        self, z: Tensor, observed: Tensor, s: LevelState, chunk: int = 32
+    ) -> tuple[Tensor, Tensor, LevelState]:
+        """z, observed [B, T, C] -> (mean, std [B, T, C], state after the last step).
+
+        The same recurrence as `step`, computed a chunk of steps at a time: both the mean and the
+        variance follow x_t = g_t x_{t-1} + b_t with g_t = 1 - a_t in [1/2, 1] (the prior counts
+        as one observation, so a_t <= 1/2), whose solution within a chunk is
+        x_t = P_t (x_0 + sum_{s<=t} b_s / P_s) with P_t = prod_{s<=t} g_s >= 2 ** -chunk.
+        """
+        obs = observed.to(z.dtype)
+        # The update rate of every step: it depends only on how many observations came before.
+        seen = s.seen[:, None] + torch.cumsum(obs, dim=1)
+        rate = torch.where(observed, torch.clamp(1.0 / seen, min=self.rate), 0.0)
+        means, variances = [], []
+        mean, var = s.mean, s.var
+        for lo in range(0, z.shape[1], chunk):
+            a = rate[:, lo : lo + chunk]
+            zc = z[:, lo : lo + chunk]
+            g = 1.0 - a
+            p = torch.cumprod(g, dim=1)
+            m = p * (
+                mean[:, None]
+                + torch.cumsum(a * torch.where(observed[:, lo : lo + chunk], zc, 0.0) / p, dim=1)
+            )
+            prev = torch.cat([mean[:, None], m[:, :-1]], dim=1)
+            d = torch.where(observed[:, lo : lo + chunk], zc - prev, 0.0)
+            v = p * (var[:, None] + torch.cumsum(g * a * d * d / p, dim=1))
+            means.append(m)
+            variances.append(v)
+            mean, var = m[:, -1], v[:, -1]
+        mean_all, var_all = torch.cat(means, 1), torch.cat(variances, 1)
+        last = LevelState(mean, var, seen[:, -1].clamp(max=self.cap))
+        return mean_all, torch.sqrt(var_all + VAR_FLOOR), last

@@ -38,7 +38,19 @@ class ModelConfig:
     n_covariates: int = 0
     # Half-life in steps of the per-series running level and scale the inputs are normalised by
     # and the forecasts rescaled with (forecast/adaptive_norm.py); 0 = the global scaler only.
-    norm_halflife: int = 0
+    norm_halflife: int = 96
+    # Channel-independent processing (as PatchTST): every channel is its own univariate series
+    # through the encoder, backbone and head, with weights shared across channels; the state then
+    # holds one backbone state per channel. False (the default: better on the benchmarks with the
+    # linear path, docs/RESULTS.md, and C times less state): all channels in one feature vector.
+    channel_independent: bool = False
+    # Length of the linear path: the median forecast gets a learned linear map (shared across
+    # channels) of the last `linear_lookback` values, normalised by the running level and scale
+    # at the forecast origin (RLinear-style, streaming-exact: the values ride in the state as a
+    # ring buffer). 0 = no linear path.
+    linear_lookback: int = 96
+    # Dropout on the features entering the backbone and the head (training only).
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -56,6 +68,15 @@ class ModelConfig:
         _positive_int("conv_kernel", self.conv_kernel, minimum=2)
         _positive_int("n_covariates", self.n_covariates, minimum=0)
         _positive_int("norm_halflife", self.norm_halflife, minimum=0)
+        _positive_int("linear_lookback", self.linear_lookback, minimum=0)
+        if not isinstance(self.channel_independent, bool):
+            raise ConfigError(
+                f"ModelConfig.channel_independent must be a bool, got {self.channel_independent!r}"
+            )
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise ConfigError(f"ModelConfig.dropout must be a number in [0, 1), got {d!r}")
+        object.__setattr__(self, "dropout", float(d))
         if self.kind == "rwkv7" and self.d_model % self.head_size:
             raise ConfigError(
                 f"ModelConfig.head_size must divide d_model ({self.d_model}), got {self.head_size}"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from forecast.config import ModelConfig
 
-__all__ = ["FeedForward", "InputEncoder", "QuantileHead"]
+__all__ = ["FeedForward", "InputEncoder", "LinearPath", "LinearPathState", "QuantileHead"]
 
 
 class InputEncoder(nn.Module):
@@ -18,13 +20,18 @@ class InputEncoder(nn.Module):
     streaming step applies exactly what training applied; no statistic depends on the window.
     A missing value enters as 0 (the training mean) together with a mask channel saying it is
     missing, so the network can tell "average" from "unknown".
+
+    Channel-independent (cfg.channel_independent): each channel is embedded on its own, from its
+    value, its mask and the covariates, with weights shared across channels -> [..., C, D].
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.register_buffer("loc", torch.zeros(cfg.n_channels))
         self.register_buffer("scale", torch.ones(cfg.n_channels))
-        self.proj = nn.Linear(2 * cfg.n_channels + cfg.n_covariates, cfg.d_model)
+        self.independent = cfg.channel_independent
+        width = 1 if cfg.channel_independent else cfg.n_channels
+        self.proj = nn.Linear(2 * width + cfg.n_covariates, cfg.d_model)
 
     loc: Tensor
     scale: Tensor
@@ -36,9 +43,14 @@ class InputEncoder(nn.Module):
         return (torch.where(observed, x, self.loc) - self.loc) / self.scale, observed
 
     def embed(self, z: Tensor, observed: Tensor, covariates: Tensor | None) -> Tensor:
-        """Normalised values, the missing mask and covariates -> features [..., D]."""
+        """Normalised values, the missing mask and covariates -> features [..., D], or
+        [..., C, D] when channel-independent."""
         parts = [torch.where(observed, z, 0.0), (~observed).to(z.dtype)]
-        if covariates is not None:
+        if self.independent:
+            parts = [p[..., None] for p in parts]
+            if covariates is not None:
+                parts.append(covariates.to(z.dtype)[..., None, :].expand(*z.shape, -1))
+        elif covariates is not None:
             parts.append(covariates.to(z.dtype))
         return self.proj(torch.cat(parts, dim=-1))
 
@@ -47,20 +59,29 @@ class QuantileHead(nn.Module):
     """Features [..., D] -> forecasts [..., H, C, Q] in normalised units.
 
     The median is predicted directly; the other quantiles as cumulative softplus offsets from it,
-    so quantiles never cross.
+    so quantiles never cross. Channel-independent: features [..., C, D] of each channel give that
+    channel's forecasts (shared weights).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.shape = (cfg.horizon, cfg.n_channels, len(cfg.quantiles))
+        self.independent = cfg.channel_independent
+        width = 1 if cfg.channel_independent else cfg.n_channels
+        self.shape = (cfg.horizon, width, len(cfg.quantiles))
         self.median = cfg.median_index
-        self.proj = nn.Linear(cfg.d_model, cfg.horizon * cfg.n_channels * len(cfg.quantiles))
+        self.proj = nn.Linear(cfg.d_model, cfg.horizon * width * len(cfg.quantiles))
 
-    def forward(self, h: Tensor) -> Tensor:
-        """h [..., D] -> [..., H, C, Q]."""
+    def forward(self, h: Tensor, offset: Tensor | None = None) -> Tensor:
+        """h [..., D] (or [..., C, D]) -> [..., H, C, Q]; `offset` [..., H, C] is added to the
+        median (and so to every quantile)."""
         raw = self.proj(h).unflatten(-1, self.shape)
+        if self.independent:
+            # [..., C, H, 1, Q] -> [..., H, C, Q]
+            raw = raw.squeeze(-2).transpose(-2, -3)
         m = self.median
         center = raw[..., m : m + 1]
+        if offset is not None:
+            center = center + offset[..., None]
         above = center + torch.cumsum(F.softplus(raw[..., m + 1 :]), dim=-1)
         below = center - torch.cumsum(F.softplus(raw[..., :m].flip(-1)), dim=-1).flip(-1)
         return torch.cat([below, center, above], dim=-1)
@@ -77,3 +98,63 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.down(F.gelu(self.up(self.norm(x))))
+
+
+class LinearPathState(NamedTuple):
+    window: Tensor  # [B, C, L]: the last L globally scaled values, oldest first
+
+
+class LinearPath(nn.Module):
+    """A linear map of the last L values to the next H, in the running-normalised units of the
+    forecast origin (RLinear's map, with the streaming normalisation): for each channel,
+        offset_t = W ((w_t - mean_t) / std_t) + b,   w_t = (z_{t-L+1}, ..., z_t),
+    W [H, L] shared across channels. A missing value enters the window as the running mean of its
+    time; before L values have been seen, the window's head holds the prior mean (0).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.length = cfg.linear_lookback
+        self.proj = nn.Linear(cfg.linear_lookback, cfg.horizon)
+        with torch.no_grad():
+            # Start as "repeat the level": the forecast is the running mean, as RLinear's init
+            # of the normalised series predicts 0.
+            self.proj.weight.zero_()
+            self.proj.bias.zero_()
+
+    def init_state(
+        self, batch: int, n_channels: int, device: torch.device, dtype: torch.dtype
+    ) -> LinearPathState:
+        return LinearPathState(
+            torch.zeros(batch, n_channels, self.length, device=device, dtype=dtype)
+        )
+
+    def _map(self, raw: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """raw = W w_t [..., C, H]; mean, std [..., C] -> offsets [..., H, C]."""
+        w1 = self.proj.weight.sum(-1)  # W 1 [H]
+        out = (raw - mean[..., None] * w1) / std[..., None] + self.proj.bias
+        return out.transpose(-1, -2)
+
+    def forward(
+        self, z: Tensor, mean: Tensor, std: Tensor, s: LinearPathState, last_only: bool = False
+    ) -> tuple[Tensor, LinearPathState]:
+        """z (missing filled) [B, T, C]; mean, std [B, T, C] (or [B, C] with last_only)
+        -> (offsets [B, T, H, C] or [B, H, C], state)."""
+        seq = torch.cat([s.window, z.transpose(1, 2)], dim=-1)  # [B, C, L + T]
+        steps = z.shape[1]
+        nxt = LinearPathState(seq[..., seq.shape[-1] - self.length :])
+        if last_only:
+            raw = nxt.window @ self.proj.weight.T  # [B, C, H]
+            return self._map(raw, mean, std), nxt
+        b, c, n = seq.shape
+        # Every window of L ending at each of the T new steps: a convolution with W.
+        raw = F.conv1d(seq.reshape(b * c, 1, n)[..., 1:], self.proj.weight[:, None])
+        raw = raw.reshape(b, c, -1, steps).permute(0, 3, 1, 2)  # [B, T, C, H]
+        return self._map(raw, mean, std), nxt
+
+    def step(
+        self, z: Tensor, mean: Tensor, std: Tensor, s: LinearPathState
+    ) -> tuple[Tensor, LinearPathState]:
+        """z, mean, std [B, C] -> (offsets [B, H, C], state)."""
+        window = torch.cat([s.window[..., 1:], z[..., None]], dim=-1)
+        return self._map(window @ self.proj.weight.T, mean, std), LinearPathState(window)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from forecast.adaptive_norm import AdaptiveNorm
 from forecast.config import ModelConfig
-from forecast.layers import InputEncoder, QuantileHead
+from forecast.layers import InputEncoder, LinearPath, QuantileHead
 from forecast.state import ModelState
 
 __all__ = ["Backbone", "Forecaster", "LayerStack"]
@@ -76,6 +76,10 @@ class Forecaster(nn.Module):
     forward(x [B, T, C], state) -> (y [B, T, H, C, Q], state): y[:, t] forecasts x[:, t+1 .. t+H].
     step(x_t [B, C], state)     -> (y_t [B, H, C, Q], state): the same, one observation at a time.
     NaN in x marks a missing value. Forecasts are in the units of x.
+
+    The state's layers: the running level and scale (with norm_halflife), the linear path's window
+    (with linear_lookback), then the backbone's layers; channel-independent, every backbone
+    tensor is [B, C, ...] (one state per channel of each series).
     """
 
     def __init__(self, cfg: ModelConfig, backbone: Backbone):
@@ -89,6 +93,9 @@ class Forecaster(nn.Module):
         self.adaptive = (
             AdaptiveNorm(cfg.n_channels, cfg.norm_halflife) if cfg.norm_halflife else None
         )
+        # Linear map of the last values (its window is the next layer of the state), or None.
+        self.linear = LinearPath(cfg) if cfg.linear_lookback else None
+        self.drop = nn.Dropout(cfg.dropout)
 
     @property
     def quantiles(self) -> tuple[float, ...]:
@@ -107,10 +114,19 @@ class Forecaster(nn.Module):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         p = self._param()
         where = torch.device(device) if device is not None else p.device
-        layers = self.backbone.init_state(batch_size, where, dtype or p.dtype)
+        dt = dtype or p.dtype
+        c = self.config.n_channels
+        if self.config.channel_independent:
+            inner = self.backbone.init_state(batch_size * c, where, dt)
+            layers = tuple(_fold(layer, batch_size) for layer in inner)
+        else:
+            layers = self.backbone.init_state(batch_size, where, dt)
+        prefix: list[NamedTuple] = []
         if self.adaptive is not None:
-            layers = (self.adaptive.init_state(batch_size, where, dtype or p.dtype), *layers)
-        return ModelState(self.config.kind, layers)
+            prefix.append(self.adaptive.init_state(batch_size, where, dt))
+        if self.linear is not None:
+            prefix.append(self.linear.init_state(batch_size, c, where, dt))
+        return ModelState(self.config.kind, (*prefix, *layers))
 
     def state_nbytes(self) -> int:
         """Bytes of hidden state per series (a constant of the architecture)."""
@@ -152,17 +168,28 @@ class Forecaster(nn.Module):
         batch = x.shape[0]
         state = self._check_state(state, batch, x)
         z, observed = self.encoder.standardize(x.to(self._param().dtype))
-        level, backbone_state = self._split(state)
+        level, window, backbone_state = self._split(state)
+        mean = std = None
         if self.adaptive is not None:
             mean, std, level = self.adaptive.scan(z, observed, level)
-            z = (z - mean) / std
-        h, layers = self.backbone(self.encoder.embed(z, observed, covariates), backbone_state)
+            zn = (z - mean) / std
+        else:
+            zn = z
+        feats = self.drop(self.encoder.embed(zn, observed, covariates))
+        h, layers = self._run_backbone(feats, backbone_state, time_axis=True)
         if last_only:
             h = h[:, -1]
-        y = self.head(self.norm(h))
-        if self.adaptive is not None:
+        offset = None
+        if self.linear is not None:
+            m, sd = _stats(z, mean, std)
+            filled = torch.where(observed, z, m)
+            if last_only:
+                m, sd = m[:, -1], sd[:, -1]
+            offset, window = self.linear(filled, m, sd, window, last_only=last_only)
+        y = self.head(self.drop(self.norm(h)), offset)
+        if mean is not None and std is not None:
             y = self._rescale(y, *((mean[:, -1], std[:, -1]) if last_only else (mean, std)))
-        return self._to_data_units(y), self._join(level, layers)
+        return self._to_data_units(y), self._join(level, window, layers)
 
     def step(
         self, x_t: Tensor, state: ModelState | None = None, covariates: Tensor | None = None
@@ -171,23 +198,55 @@ class Forecaster(nn.Module):
         self._check(x_t, covariates, time_axis=False)
         state = self._check_state(state, x_t.shape[0], x_t)
         z, observed = self.encoder.standardize(x_t.to(self._param().dtype))
-        level, backbone_state = self._split(state)
+        level, window, backbone_state = self._split(state)
+        mean = std = None
         if self.adaptive is not None:
             mean, std, level = self.adaptive.step(z, observed, level)
-            z = (z - mean) / std
-        h, layers = self.backbone.step(self.encoder.embed(z, observed, covariates), backbone_state)
-        y = self.head(self.norm(h))
-        if self.adaptive is not None:
+            zn = (z - mean) / std
+        else:
+            zn = z
+        feats = self.drop(self.encoder.embed(zn, observed, covariates))
+        h, layers = self._run_backbone(feats, backbone_state, time_axis=False)
+        offset = None
+        if self.linear is not None:
+            m, sd = _stats(z, mean, std)
+            offset, window = self.linear.step(torch.where(observed, z, m), m, sd, window)
+        y = self.head(self.drop(self.norm(h)), offset)
+        if mean is not None and std is not None:
             y = self._rescale(y, mean, std)
-        return self._to_data_units(y), self._join(level, layers)
+        return self._to_data_units(y), self._join(level, window, layers)
 
-    def _split(self, state: ModelState) -> tuple[Any, LayerStates]:
-        if self.adaptive is None:
-            return None, state.layers
-        return state.layers[0], state.layers[1:]
+    def _run_backbone(
+        self, feats: Tensor, state: LayerStates, time_axis: bool
+    ) -> tuple[Tensor, LayerStates]:
+        """Features [B, (T,) D] -> backbone output; channel-independent, [B, (T,) C, D] with every
+        channel its own series of the backbone (batch B * C, shared weights)."""
+        if not self.config.channel_independent:
+            return self.backbone(feats, state) if time_axis else self.backbone.step(feats, state)
+        batch, c = feats.shape[0], self.config.n_channels
+        inner = tuple(_unfold(layer) for layer in state)
+        if time_axis:
+            # [B, T, C, D] -> [B * C, T, D]
+            flat = feats.transpose(1, 2).reshape(batch * c, feats.shape[1], -1)
+            h, inner = self.backbone(flat, inner)
+            h = h.reshape(batch, c, *h.shape[1:]).transpose(1, 2)
+        else:
+            h, inner = self.backbone.step(feats.reshape(batch * c, -1), inner)
+            h = h.reshape(batch, c, -1)
+        return h, tuple(_fold(layer, batch) for layer in inner)
 
-    def _join(self, level: Any, layers: LayerStates) -> ModelState:
-        return ModelState(self.config.kind, layers if level is None else (level, *layers))
+    def _split(self, state: ModelState) -> tuple[Any, Any, LayerStates]:
+        layers = state.layers
+        level = window = None
+        if self.adaptive is not None:
+            level, layers = layers[0], layers[1:]
+        if self.linear is not None:
+            window, layers = layers[0], layers[1:]
+        return level, window, layers
+
+    def _join(self, level: Any, window: Any, layers: LayerStates) -> ModelState:
+        prefix = tuple(s for s in (level, window) if s is not None)
+        return ModelState(self.config.kind, (*prefix, *layers))
 
     @staticmethod
     def _rescale(y: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -243,3 +302,20 @@ class Forecaster(nn.Module):
         if dtype not in cache:
             cache[dtype] = self.init_state(1, device="cpu", dtype=dtype).layout()
         return cache[dtype]
+
+
+def _stats(z: Tensor, mean: Tensor | None, std: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The running statistics, or the global ones (0, 1) without a running normalisation."""
+    if mean is None or std is None:
+        return torch.zeros_like(z), torch.ones_like(z)
+    return mean, std
+
+
+def _fold(layer: NamedTuple, batch: int) -> NamedTuple:
+    """A layer state of B * C backbone series -> [B, C, ...] (series first, as ModelState keeps)."""
+    return layer._make(t.reshape(batch, -1, *t.shape[1:]) for t in layer)
+
+
+def _unfold(layer: NamedTuple) -> NamedTuple:
+    """[B, C, ...] -> [B * C, ...]."""
+    return layer._make(t.reshape(-1, *t.shape[2:]) for t in layer)

@@ -12,6 +12,7 @@ from forecast import KINDS, ModelConfig
 __all__ = ["DataConfig", "TrainConfig", "config_from_dict"]
 
 SPLITS = ("auto", "ett-hourly", "ett-15min", "ratio")
+LOSS_POSITIONS = ("origin", "all")
 C = TypeVar("C")
 
 
@@ -77,7 +78,15 @@ class TrainConfig:
     conv_kernel: int = 4
     head_size: int = 16
     # Per-series running normalisation half-life in steps (0: the global scaler only).
-    norm_halflife: int = 0
+    norm_halflife: int = 96
+    # Every channel its own series through shared weights (PatchTST's channel independence).
+    channel_independent: bool = False
+    # Length of the linear path (forecast/layers.py LinearPath); None: the lookback; 0: none.
+    linear_lookback: int | None = None
+    dropout: float = 0.0
+    # Where the loss is taken: "origin" (the last position of each window: what is scored) or
+    # "all" (every position of the lookback forecasts its next `horizon` rows).
+    loss_positions: str = "origin"
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     workers: int = 1
     use_gpu: bool = False
@@ -97,6 +106,20 @@ class TrainConfig:
             raise ValueError("TrainConfig.steps_per_epoch must be >= 0")
         if not self.lr > 0 or self.weight_decay < 0 or self.mse_weight < 0:
             raise ValueError("TrainConfig: lr must be > 0, weight_decay and mse_weight >= 0")
+        if self.loss_positions not in LOSS_POSITIONS:
+            raise ValueError(
+                f"TrainConfig.loss_positions must be one of {LOSS_POSITIONS}, "
+                f"got {self.loss_positions!r}"
+            )
+        if self.linear_lookback is not None and (
+            isinstance(self.linear_lookback, bool)
+            or not isinstance(self.linear_lookback, int)
+            or self.linear_lookback < 0
+        ):
+            raise ValueError(
+                f"TrainConfig.linear_lookback must be None or an integer >= 0, "
+                f"got {self.linear_lookback!r}"
+            )
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))
 
     def model_config(self, n_channels: int, n_covariates: int) -> ModelConfig:
@@ -113,6 +136,9 @@ class TrainConfig:
             head_size=self.head_size,
             n_covariates=n_covariates,
             norm_halflife=self.norm_halflife,
+            channel_independent=self.channel_independent,
+            linear_lookback=self.lookback if self.linear_lookback is None else self.linear_lookback,
+            dropout=self.dropout,
         )
 
 

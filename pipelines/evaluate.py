@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from forecast.model import Forecaster
 from pipelines.data import SeriesData
-from pipelines.protocol import ErrorSums, EvalResult, Predictor, evaluate_windows, protocol_splits
+from pipelines.protocol import (
+    ErrorSums,
+    EvalResult,
+    Predictor,
+    evaluate_windows,
+    protocol_splits,
+    window_starts,
+)
 
 __all__ = ["evaluate_model", "model_predictor"]
+
+# Rows per forward pass when carrying the state through the whole history.
+FULL_HISTORY_CHUNK = 512
 
 
 def model_predictor(model: Forecaster) -> Predictor:
@@ -35,12 +48,14 @@ def evaluate_model(
     split_mode: str = "auto",
     full_history: bool = False,
     batch_size: int = 512,
+    progress: bool = False,
 ) -> EvalResult:
     """MSE/MAE on scaled values (the model's own scaler) over every window of `split`.
 
     full_history=False: each window sees `lookback` rows from a fresh state (the protocol).
     full_history=True: the model carries its state through all rows before each window's forecast
     origin (no window at all); the windows scored, and their targets, are the same.
+    progress: a tqdm bar on stderr over the batches (windows) or chunks (full history).
     """
     if horizon > model.config.horizon:
         raise ValueError(f"horizon {horizon} exceeds the model's horizon {model.config.horizon}")
@@ -48,18 +63,27 @@ def evaluate_model(
     scale = model.encoder.scale.double().cpu().numpy()
     was_training = model.training
     model.eval()
+    starts = window_starts(bounds, lookback, horizon)
+    if full_history:
+        last = int(starts[-1]) + lookback - 1
+        total = data.n_series * -(-(last + 1) // FULL_HISTORY_CHUNK)
+    else:
+        total = data.n_series * -(-len(starts) // batch_size)
+    bar = tqdm(total=total, desc=f"evaluate {split}", unit="batch", disable=not progress)
     try:
         if not full_history:
             base = model_predictor(model)
 
             def predict(x: np.ndarray, cov: np.ndarray) -> np.ndarray:
+                bar.update()
                 return base(x, cov)[:, :horizon]
 
             return evaluate_windows(
                 predict, data.values, data.covariates, bounds, lookback, horizon, scale, batch_size
             )
-        return _full_history(model, data, bounds, lookback, horizon, scale)
+        return _full_history(model, data, bounds, lookback, horizon, scale, tick=bar.update)
     finally:
+        bar.close()
         model.train(was_training)
 
 
@@ -71,10 +95,9 @@ def _full_history(
     lookback: int,
     horizon: int,
     scale: np.ndarray,
-    chunk: int = 512,
+    chunk: int = FULL_HISTORY_CHUNK,
+    tick: Callable[[], object] | None = None,
 ) -> EvalResult:
-    from pipelines.protocol import window_starts
-
     starts = window_starts(bounds, lookback, horizon)
     # Forecast origins: the last input row of each window.
     first, last = int(starts[0]) + lookback - 1, int(starts[-1]) + lookback - 1
@@ -93,6 +116,8 @@ def _full_history(
                 state,
                 covariates=cov[None, lo:hi] if model.config.n_covariates else None,
             )
+            if tick is not None:
+                tick()
             origins = np.arange(max(lo, first), hi)
             if len(origins) == 0:
                 continue

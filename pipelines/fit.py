@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ def forecast_loss(
 ) -> torch.Tensor:
     """Pinball over the quantiles plus MSE of the median, on scaled values.
 
-    y [B, T, H, C, Q]; target [B, T, H, C] (NaN = missing, left out).
+    y [..., H, C, Q]; target [..., H, C] (NaN = missing, left out).
     """
     loc, scale = model.encoder.loc, model.encoder.scale
     z = (y - loc[:, None]) / scale[:, None]
@@ -55,11 +56,14 @@ def train_epoch(
     rank: int = 0,
     world: int = 1,
     device: torch.device | str = "cpu",
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> float:
     """One pass over this rank's share of shuffled windows -> mean training loss.
 
-    `wrapped` is what runs forward (the model, or its DistributedDataParallel wrapper); every
-    position of the lookback is trained to forecast its next `horizon` rows.
+    `wrapped` is what runs forward (the model, or its DistributedDataParallel wrapper). With
+    cfg.loss_positions "origin" the loss is on each window's forecast origin (its last position,
+    what the protocol scores); with "all" every position of the lookback is trained to forecast
+    its next `horizon` rows. `on_batch(done, total)` is called after every batch (progress).
     """
     rng = np.random.default_rng(cfg.seed + epoch)
     order = rng.permutation(len(windows))[rank::world]
@@ -75,13 +79,21 @@ def train_epoch(
         cov = torch.tensor(
             np.stack([covariates[s, t : t + cfg.lookback] for s, t in picked]), device=device
         )
-        y, _ = wrapped(x[:, : cfg.lookback], covariates=cov if model.config.n_covariates else None)
-        loss = forecast_loss(model, y, horizon_targets(x, cfg.horizon), cfg.mse_weight)
+        origin = cfg.loss_positions == "origin"
+        y, _ = wrapped(
+            x[:, : cfg.lookback],
+            covariates=cov if model.config.n_covariates else None,
+            last_only=origin,
+        )
+        target = x[:, cfg.lookback :] if origin else horizon_targets(x, cfg.horizon)
+        loss = forecast_loss(model, y, target, cfg.mse_weight)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+        if on_batch is not None:
+            on_batch(b + 1, n_batches)
     return float(np.mean(losses)) if losses else math.nan
 
 

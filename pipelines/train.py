@@ -36,6 +36,7 @@ from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model
 from pipelines.plots import plot_forecast
+from pipelines.progress import TrainProgress
 from pipelines.protocol import protocol_splits, window_starts
 from pipelines.pyfunc import ForecasterPyfunc, forecast_frame
 
@@ -63,6 +64,7 @@ def train(
     data_cfg: DataConfig | None = None,
     storage_path: str | Path | None = None,
     resume: bool = False,
+    progress: bool = False,
 ) -> TrainResult:
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -119,7 +121,8 @@ def train(
                 failure_config=FailureConfig(max_failures=2),
             ),
         )
-        result = trainer.fit()
+        with TrainProgress(run.info.run_id, uri, cfg.epochs, enabled=progress):
+            result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"training produced no checkpoint: {result.error}")
         with result.checkpoint.as_directory() as folder:

@@ -22,6 +22,7 @@ from forecast import ModelConfig, build_model
 from forecast.model import Forecaster
 from pipelines.config import TrainConfig
 from pipelines.fit import train_epoch, training_windows, validate
+from pipelines.progress import throttled
 
 __all__ = ["train_loop"]
 
@@ -61,8 +62,26 @@ def train_loop(config: dict[str, Any]) -> None:
     tracker = _Tracker(config.get("tracking_uri"), config.get("run_id")) if rank == 0 else None
 
     for epoch in range(int(progress["epoch"]) + 1, cfg.epochs):
+        on_batch = None
+        if tracker is not None:
+            report = throttled(tracker.progress)
+
+            def on_batch(done: int, total: int, epoch: int = epoch, report: Any = report) -> None:
+                report(epoch + done / total, final=done == total)
+
         train_loss = train_epoch(
-            wrapped, core, opt, values, covariates, train_windows, cfg, epoch, rank, world, device
+            wrapped,
+            core,
+            opt,
+            values,
+            covariates,
+            train_windows,
+            cfg,
+            epoch,
+            rank,
+            world,
+            device,
+            on_batch=on_batch,
         )
         val_mse = validate(core, values, covariates, val_bounds, cfg, device)
 
@@ -103,6 +122,10 @@ class _Tracker:
 
         self.client = MlflowClient(uri) if uri and run_id else None
         self.run_id = run_id
+
+    def progress(self, epochs_done: float) -> None:
+        """Where training is (epochs, fractional), for the driver's progress bar."""
+        self.log(0, train_progress=epochs_done)
 
     def log(self, epoch: int, **metrics: float) -> None:
         if self.client is None or self.run_id is None:

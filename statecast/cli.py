@@ -5,6 +5,9 @@ statecast train       train on Ray, track in MLflow, optionally register (champi
 statecast evaluate    score a logged or registered model under the standard protocol (JSON)
 statecast submit      run `statecast train ...` as a Ray job on a cluster, print the job id
 statecast mlflow-ui   serve the MLflow UI over the tracking store statecast uses
+statecast serve       run the streaming service: Ray Serve consumes Kafka, publishes forecasts, REST
+statecast process     one stream processor without Ray (a plain process or container)
+statecast replay      publish a dataset as a live observation stream
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     data_cfg = _data_config(args)
     assert isinstance(data_cfg, DataConfig)
-    res = train(cfg, data_cfg, resume=args.resume)
+    res = train(cfg, data_cfg, resume=args.resume, progress=not args.no_progress)
     print(
         json.dumps(
             {
@@ -131,7 +134,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = read_dataset(args.data, data_cfg)
     lookback = args.lookback or int(extra["lookback"])
     res = evaluate_model(
-        model, data, lookback, args.horizon, args.split, args.split_mode, args.full_history
+        model,
+        data,
+        lookback,
+        args.horizon,
+        args.split,
+        args.split_mode,
+        args.full_history,
+        progress=not args.no_progress,
     )
     print(json.dumps(res.summary()))
     return 0
@@ -184,6 +194,68 @@ def _mlflow_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from pipelines import settings
+    from serving.app import AppArgs, build_app
+
+    app_args = AppArgs(
+        model_uri=args.model_uri,
+        bootstrap_servers=args.bootstrap_servers,
+        in_topic=args.in_topic,
+        out_topic=args.out_topic,
+        dead_letter_topic=args.dead_letter_topic,
+        group=args.group,
+        processors=args.processors,
+        checkpoint_interval_s=args.checkpoint_interval,
+        max_poll_records=args.max_poll_records,
+        model_poll_s=args.model_poll,
+    )
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri())  # replicas inherit it
+    ray.init(address=settings.ray_address(), include_dashboard=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(app_args), name="statecast", route_prefix="/")
+    print(f"statecast: serving {args.model_uri} on http://{args.host}:{args.port} (docs at /docs)")
+    print(
+        f"statecast: {args.in_topic} -> {args.out_topic} on {args.bootstrap_servers}; Ctrl-C stops"
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _process(args: argparse.Namespace) -> int:
+    from serving.worker import main as worker_main
+
+    return worker_main(args.rest)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from serving.replay import ReplayConfig, replay
+
+    cfg = ReplayConfig(
+        data=Path(args.data),
+        topic=args.topic,
+        bootstrap_servers=args.bootstrap_servers,
+        rate=args.rate,
+        series_column=args.series_column,
+        time_column=args.time_column,
+        start=args.start,
+        limit=args.limit,
+    )
+    sent = replay(cfg, progress=not args.no_progress)
+    print(f"statecast replay: sent {sent} observations to {args.topic}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statecast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -233,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--register", default=None, help="registered model name (champion alias)")
     tr.add_argument("--run-name", default=None)
     tr.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     tr.set_defaults(fn=_train)
 
     ev = sub.add_parser("evaluate", help="score a model under the standard protocol")
@@ -245,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split-mode", default="auto", choices=["auto", "ett-hourly", "ett-15min", "ratio"]
     )
     ev.add_argument("--full-history", action="store_true", help="carry state through all data")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(fn=_evaluate)
 
     sb = sub.add_parser("submit", help="run `statecast train ARGS` as a Ray job")
@@ -258,6 +332,41 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(fn=_mlflow_ui)
+
+    sv = sub.add_parser("serve", help="run the streaming service (Ray Serve + Kafka + REST)")
+    sv.add_argument("--model-uri", required=True, help="models:/NAME@champion or runs:/ID/model")
+    sv.add_argument("--bootstrap-servers", required=True, help="Kafka HOST:PORT")
+    sv.add_argument("--in-topic", required=True, help="observations topic")
+    sv.add_argument("--out-topic", required=True, help="forecasts topic")
+    sv.add_argument("--dead-letter-topic", default="", help="default: OUT_TOPIC.dead-letter")
+    sv.add_argument("--group", default="statecast", help="Kafka consumer group")
+    sv.add_argument("--processors", type=int, default=1, help="stream processor replicas")
+    sv.add_argument("--checkpoint-interval", type=float, default=5.0, help="seconds")
+    sv.add_argument("--max-poll-records", type=int, default=5000)
+    sv.add_argument("--model-poll", type=float, default=30.0, help="seconds between alias checks")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(fn=_serve)
+
+    pr = sub.add_parser(
+        "process",
+        help="run one stream processor in this process, without Ray (see --help)",
+        add_help=False,
+    )
+    pr.add_argument("rest", nargs=argparse.REMAINDER)
+    pr.set_defaults(fn=_process)
+
+    rp = sub.add_parser("replay", help="publish a CSV/Parquet dataset as a live observation stream")
+    rp.add_argument("--data", required=True)
+    rp.add_argument("--topic", required=True)
+    rp.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
+    rp.add_argument("--rate", type=float, default=0.0, help="messages per second (0 = unlimited)")
+    rp.add_argument("--series-column", default=None, help="column naming each row's series")
+    rp.add_argument("--time-column", default="date")
+    rp.add_argument("--start", default=None, help="only rows at or after this ISO time")
+    rp.add_argument("--limit", type=int, default=0, help="at most this many messages")
+    rp.add_argument("--no-progress", action="store_true")
+    rp.set_defaults(fn=_replay)
     return parser
 
 

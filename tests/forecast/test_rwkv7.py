@@ -12,7 +12,18 @@ from forecast.rwkv7 import RWKV7Layer, RWKV7State
 
 def test_decay_range_and_state_shape() -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(kind="rwkv7", n_channels=3, horizon=2, d_model=32, head_size=8)
+    # The backbone's state alone: no running normalisation or linear path layers before it, and
+    # all channels in one series.
+    cfg = ModelConfig(
+        kind="rwkv7",
+        n_channels=3,
+        horizon=2,
+        d_model=32,
+        head_size=8,
+        norm_halflife=0,
+        linear_lookback=0,
+        channel_independent=False,
+    )
     model = build_model(cfg)
     layer = model.backbone.layers[0]
     assert isinstance(layer, RWKV7Layer)

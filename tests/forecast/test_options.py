@@ -1,0 +1,157 @@
+"""The accuracy options of ModelConfig keep the streaming contract: channel-independent
+processing, the linear path, dropout and the chunked running normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from forecast import KINDS, ConfigError, ModelConfig, build_model
+from forecast.adaptive_norm import AdaptiveNorm
+from forecast.layers import LinearPath
+from tests.forecast.test_models import assert_states_close, make_inputs, make_model
+from tests.helpers import assert_close
+
+OPTIONS = [
+    dict(channel_independent=True, linear_lookback=6, norm_halflife=5),
+    dict(channel_independent=True, linear_lookback=0, norm_halflife=0),
+    dict(channel_independent=False, linear_lookback=6, norm_halflife=0),
+    dict(channel_independent=False, linear_lookback=6, norm_halflife=5, dropout=0.3),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_step_and_split_windows_reproduce_forward(kind: str, options: dict[str, object]) -> None:
+    model = make_model(kind, **options).eval()
+    x, cov = make_inputs(model, batch=3, steps=23)
+    with torch.no_grad():
+        y, final = model(x, covariates=cov)
+        y_last, _ = model(x, covariates=cov, last_only=True)
+        state = model.init_state(3)
+        ys = []
+        for t in range(23):
+            y_t, state = model.step(x[:, t], state, covariates=cov[:, t])
+            ys.append(y_t)
+        parts, s = [], None
+        for lo, hi in [(0, 4), (4, 5), (5, 23)]:
+            y_part, s = model(x[:, lo:hi], s, covariates=cov[:, lo:hi])
+            parts.append(y_part)
+    assert_close("step", y, torch.stack(ys, dim=1))
+    assert_states_close(final, state)
+    assert s is not None
+    assert_close("split", y, torch.cat(parts, dim=1))
+    assert_states_close(final, s)
+    assert_close("last_only", y[:, -1], y_last)
+    blob = final.to_bytes()
+    assert len(blob) > 0
+    back = model.state_from_bytes(final.select([1]).to_bytes())
+    assert back.nbytes == model.state_nbytes()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_channel_independent_state_is_per_channel_and_channels_do_not_mix(kind: str) -> None:
+    model = make_model(kind, channel_independent=True, linear_lookback=4, norm_halflife=5)
+    model = model.eval()
+    mixed = make_model(kind, channel_independent=False, linear_lookback=4, norm_halflife=5)
+    # One backbone state per channel: C times the channel-mixing backbone's state.
+    backbone = model.init_state(1).layers[2:]
+    for layer, other in zip(backbone, mixed.init_state(1).layers[2:], strict=True):
+        for t, u in zip(layer, other, strict=True):
+            assert t.shape == (1, 3, *u.shape[1:])
+    x, cov = make_inputs(model, batch=2, steps=12)
+    x = torch.nan_to_num(x)
+    with torch.no_grad():
+        y, _ = model(x, covariates=cov)
+        x2 = x.clone()
+        x2[..., 1] += torch.randn_like(x2[..., 1])  # change channel 1 only
+        y2, _ = model(x2, covariates=cov)
+    # Channels 0 and 2 are unchanged: each channel is its own series.
+    assert torch.equal(y[..., [0, 2], :], y2[..., [0, 2], :])
+    assert not torch.equal(y[..., 1, :], y2[..., 1, :])
+
+
+def test_linear_path_is_the_normalised_linear_map() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="diagonal_ssm", n_channels=2, horizon=3, linear_lookback=5)
+    path = LinearPath(cfg).double()
+    with torch.no_grad():
+        path.proj.weight.normal_()
+        path.proj.bias.normal_()
+    z = torch.randn(1, 9, 2, dtype=torch.float64)
+    mean = torch.randn(1, 9, 2, dtype=torch.float64)
+    std = torch.rand(1, 9, 2, dtype=torch.float64) + 0.5
+    start = path.init_state(1, 2, torch.device("cpu"), torch.float64)
+    out, state = path(z, mean, std, start)
+    assert out.shape == (1, 9, 3, 2)
+    t = 7  # a full window: z[3..7]
+    for c in range(2):
+        w = (z[0, t - 4 : t + 1, c] - mean[0, t, c]) / std[0, t, c]
+        want = path.proj.weight @ w + path.proj.bias
+        assert_close("map", want, out[0, t, :, c])
+    assert torch.equal(state.window, z[:, -5:].transpose(1, 2))
+
+
+def test_linear_path_starts_as_the_running_level() -> None:
+    """Before training, with the head silenced, the forecast is the running mean."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="selective_ssm", n_channels=2, horizon=4)).double()
+    with torch.no_grad():
+        model.head.proj.weight.zero_()
+        model.head.proj.bias.zero_()
+        x = torch.randn(1, 50, 2, dtype=torch.float64) + 3.0
+        y, state = model(x, last_only=True)
+    level = state.layers[0].mean  # the running mean (scaled units; the scaler is the identity)
+    assert_close("level", level[:, None, :].expand(1, 4, 2), model.point(y))
+
+
+def test_chunked_running_norm_equals_the_step_recurrence() -> None:
+    norm = AdaptiveNorm(n_channels=3, halflife=2)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 150, 3, generator=g, dtype=torch.float64) * 4 + 1
+    observed = torch.rand(2, 150, 3, generator=g) > 0.2
+    start = norm.init_state(2, torch.device("cpu"), torch.float64)
+    mean, std, final = norm.scan(z, observed, start, chunk=7)
+    s = start
+    for t in range(150):
+        m, sd, s = norm.step(z[:, t], observed[:, t], s)
+        assert_close(f"mean {t}", m, mean[:, t])
+        assert_close(f"std {t}", sd, std[:, t])
+    for name, a, b in zip(s._fields, s, final, strict=True):
+        assert_close(name, a, b)
+
+
+def test_dropout_only_while_training() -> None:
+    model = make_model("selective_ssm", dropout=0.5)
+    x, cov = make_inputs(model, batch=2, steps=6)
+    with torch.no_grad():
+        model.train()
+        a, _ = model(x, covariates=cov)
+        b, _ = model(x, covariates=cov)
+        model.eval()
+        c, _ = model(x, covariates=cov)
+        d, _ = model(x, covariates=cov)
+    assert not torch.equal(a, b)
+    assert torch.equal(c, d)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("linear_lookback", -1),
+        ("linear_lookback", 2.5),
+        ("dropout", 1.0),
+        ("dropout", -0.1),
+        ("dropout", True),
+        ("channel_independent", 1),
+    ],
+)
+def test_bad_options_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"ModelConfig\.{field} "):
+        ModelConfig(**{"kind": "selective_ssm", "n_channels": 2, "horizon": 3, field: value})  # type: ignore[arg-type]
+
+
+def test_defaults_are_the_benchmarked_method() -> None:
+    cfg = ModelConfig(kind="selective_ssm", n_channels=7, horizon=96)
+    assert (cfg.norm_halflife, cfg.linear_lookback, cfg.channel_independent) == (96, 96, False)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
