@@ -56,13 +56,22 @@ def load_stream_model(ref: ModelRef, dest: Path, **stream_options: int) -> Strea
     folder = Path(ref.uri)
     if not folder.is_dir():
         import mlflow
+        import yaml
 
         dest.mkdir(parents=True, exist_ok=True)
-        # Only the forecaster artifact: config.json + weights.safetensors, never the pickle.
+        # The MLmodel file (YAML) names where the forecaster artifact lies; then only that folder
+        # (config.json + weights.safetensors) is downloaded, never the pickle.
+        base = ref.uri.rstrip("/")
+        mlmodel = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{base}/MLmodel", dst_path=str(dest / "meta")
+        )
+        doc = yaml.safe_load(Path(mlmodel).read_text())
+        try:
+            rel = doc["flavors"]["python_function"]["artifacts"]["forecaster"]["path"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{ref.uri} is not a statecast model (no forecaster artifact)") from e
         folder = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{ref.uri.rstrip('/')}/artifacts/forecaster", dst_path=str(dest)
-            )
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{rel}", dst_path=str(dest))
         )
     model, extra = load_forecaster(folder)
     return StreamModel.from_artifact(model, extra, ref.label, **stream_options)

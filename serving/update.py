@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -82,11 +83,17 @@ class StreamModel:
 
     # The hidden state of one series is kept as one flat vector: cheap to stack into a
     # batch and to copy out again (a view would keep the whole batch's tensor alive).
-    def layout(self) -> list[tuple[str, list[int], str]]:
-        return self.model.init_state(1, device="cpu").layout()
+    @cached_property
+    def template(self) -> ModelState:
+        """The initial state of one series (shapes and dtypes of every state tensor)."""
+        return self.model.init_state(1, device="cpu")
 
     def initial_flat(self) -> torch.Tensor:
-        return flatten(self.model.init_state(1, device="cpu"))[0]
+        return self._initial_flat
+
+    @cached_property
+    def _initial_flat(self) -> torch.Tensor:
+        return flatten(self.template)[0]
 
     def covariates(self, ts: np.ndarray, static: np.ndarray) -> torch.Tensor | None:
         """[B] ns timestamps, [B, S] static -> [B, n_covariates] or None."""
@@ -209,7 +216,7 @@ def _step_rounds(
     starts: list[SeriesState | None],
     gaps: list[int],
 ) -> list[tuple[SeriesState, Forecast]]:
-    template = m.model.init_state(1, device="cpu")
+    template = m.template
     init = m.initial_flat()
     hidden = torch.stack([init if s is None else s.hidden for s in starts])
     steps = np.array([0 if s is None else s.steps for s in starts], dtype=np.int64)

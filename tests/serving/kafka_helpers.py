@@ -97,7 +97,7 @@ class Tail:
 def read_committed(
     bootstrap: str, topic: str, expect: int, timeout: float
 ) -> list[dict[str, object]]:
-    """Every committed record of `topic` (JSON values) once `expect` are there, or at the timeout."""
+    """Every committed record of `topic` (JSON values) once `expect` are there, or at timeout."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,

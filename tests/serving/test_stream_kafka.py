@@ -22,11 +22,11 @@ from serving.processor import ProcessorConfig, StreamProcessor
 from tests.conftest import ROOT
 from tests.serving.conftest import small_stream_model
 from tests.serving.kafka_helpers import (
+    Tail,
     assert_exactly_once,
     create_topic,
     make_stream,
     produce,
-    Tail,
     read_committed,
     save_model,
 )
@@ -65,9 +65,9 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         "--checkpoint-interval",
         "0.5",
         "--max-poll-records",
-        "250",
+        "500",
     ]
-    log = open(tmp_path / "worker.log", "w")
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 (both runs append to it)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     tail = Tail(kafka_bootstrap, "fc-kill")
@@ -106,7 +106,8 @@ def test_malformed_records_go_to_dead_letters_and_good_ones_are_forecast(
         b"[]",
         b"{" + b" " * 70000 + b"}",
         # out of order: before every good record of s001
-        b'{"series": "s001", "ts": "2000-01-01T00:00:00", "values": {"a": 1}, "covariates": {"elevation": 1}}',
+        b'{"series": "s001", "ts": "2000-01-01T00:00:00", "values": {"a": 1}, '
+        b'"covariates": {"elevation": 1}}',
     ]
     for i in range(1000):
         value = kinds[i % len(kinds)]

@@ -1,0 +1,350 @@
+"""Streaming benchmark on this machine: events/s, produce->forecast latency, state and RSS.
+
+    python -m bench.stream                      # 1,000 and 100,000 series (several minutes)
+    python -m bench.stream --series 1000 --events 50000 --rss-events 0   # a quick look
+
+For each series count S, against a real broker started by deploy/kafka/kafka.sh on free ports:
+1. throughput: E observations (S series, hourly, round-robin) are produced first, then one stream
+   processor (serving/processor.py, in this process, exactly-once transactions and checkpoints
+   on) consumes the backlog; events/s = E / time to forecast them all;
+2. latency: a paced producer at half that rate for `--latency-seconds`; each forecast's arrival at
+   a read_committed consumer minus its observation's send time; p50 and p99;
+3. RSS of this process after 100k and after `--rss-events` events (S = the first count only);
+4. model work only, per event, at the processor's batch size: our step (update_batch) against a
+   windowed baseline of similar size that re-encodes the last 512 observations per event
+   (the same model's parallel forward over a 512-step window, last position only).
+Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+CHANNELS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
+T0 = np.datetime64("2024-01-01T00:00:00", "s")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _model(kind: str, d_model: int, lookback: int):
+    from forecast import ModelConfig, build_model
+    from serving.update import StreamModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        kind=kind,
+        n_channels=len(CHANNELS),
+        horizon=24,
+        d_model=d_model,
+        n_covariates=6,
+        linear_lookback=lookback,
+    )
+    model = build_model(cfg).eval()
+    extra = {
+        "channels": list(CHANNELS),
+        "frequency": "h",
+        "calendar": True,
+        "static_covariates": [],
+        "lookback": lookback,
+    }
+    return StreamModel.from_artifact(model, extra, f"bench/{kind}")
+
+
+def _messages(n_series: int, start: int, count: int, rng: np.random.Generator):
+    """Observations start..start+count of the round-robin stream (event i: series i % S,
+    hour i // S)."""
+    for i in range(start, start + count):
+        s, k = i % n_series, i // n_series
+        ts = str(T0 + np.timedelta64(k, "h"))
+        values = {
+            c: round(float(v), 3)
+            for c, v in zip(CHANNELS, rng.normal(size=len(CHANNELS)), strict=True)
+        }
+        series = f"s{s}"
+        yield series, ts, json.dumps({"series": series, "ts": ts, "values": values}).encode()
+
+
+def _produce(boot: str, topic: str, n_series: int, start: int, count: int) -> None:
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=boot, linger_ms=20, batch_size=256 * 1024, acks=1)
+    rng = np.random.default_rng(start)
+    for series, _, value in _messages(n_series, start, count, rng):
+        p.send(topic, key=series.encode(), value=value)
+    p.flush()
+    p.close()
+
+
+def _wait_events(proc, target: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.metrics.events < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processed {proc.metrics.events} of {target} events")
+        time.sleep(0.05)
+
+
+def run_one(
+    boot: str, n_series: int, args: argparse.Namespace, rows: list[list[str]], rss: bool
+) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from serving.processor import ProcessorConfig, StreamProcessor
+
+    m = _model(args.kind, args.d_model, args.lookback)
+    topic = f"bench-in-{n_series}"
+    admin = KafkaAdminClient(bootstrap_servers=boot)
+    admin.create_topics([NewTopic(topic, args.partitions, 1)])
+    admin.close()
+    events = max(args.events, n_series * 2)
+    total = max(events, args.rss_events if rss else 0)
+    t = time.perf_counter()
+    _produce(boot, topic, n_series, 0, events)
+    produce_s = time.perf_counter() - t
+    cfg = ProcessorConfig(
+        boot,
+        topic,
+        f"bench-out-{n_series}",
+        group_id=f"bench-{n_series}",
+        checkpoint_interval_s=args.checkpoint_interval,
+        max_poll_records=args.max_poll,
+    )
+    proc = StreamProcessor(cfg, m)
+    proc.ensure_topics()
+    proc._open()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            proc.poll_once()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        # Throughput from the backlog; the clock starts at the first event processed.
+        _wait_events(proc, 1, 120)
+        t0, e0 = time.perf_counter(), proc.metrics.events
+        _wait_events(proc, events, 3600)
+        rate = (events - e0) / (time.perf_counter() - t0)
+        rows.append(
+            [
+                f"{n_series:,}",
+                "throughput (backlog)",
+                f"{rate:,.0f} events/s",
+                f"{events:,} events; produced in {produce_s:.0f} s",
+            ]
+        )
+        rss_100k = _rss_mib() if proc.metrics.events >= 100_000 else float("nan")
+        # Latency at half the measured rate.
+        lat = _latency(boot, topic, cfg.out_topic, n_series, events, rate / 2, args.latency_seconds)
+        rows.append(
+            [
+                f"{n_series:,}",
+                "latency at half rate",
+                f"p50 {lat[0]:.0f} ms, p99 {lat[1]:.0f} ms",
+                f"{lat[2]:,} events at {rate / 2:,.0f}/s",
+            ]
+        )
+        rows.append(
+            [
+                f"{n_series:,}",
+                "state per series",
+                f"{m.initial_flat().numel() * 4:,} bytes",
+                f"{proc.metrics.live_series:,} live series, "
+                f"{proc.metrics.state_bytes / 2**20:,.0f} MiB",
+            ]
+        )
+        if rss:
+            done = proc.metrics.events
+            if done < 100_000:
+                _produce(boot, topic, n_series, done, 100_000 - done)
+                _wait_events(proc, 100_000, 3600)
+                done = 100_000
+            rss_100k = _rss_mib()
+            if total > done:
+                _produce(boot, topic, n_series, done, total - done)
+                _wait_events(proc, total, 3600)
+            rss_end = _rss_mib()
+            rows.append(
+                [
+                    f"{n_series:,}",
+                    "RSS",
+                    f"{rss_100k:,.0f} -> {rss_end:,.0f} MiB",
+                    f"after 100k -> {proc.metrics.events:,} events: "
+                    f"{100 * (rss_end / rss_100k - 1):+.1f}%",
+                ]
+            )
+    finally:
+        stop.set()
+        thread.join(30)
+        proc.close()
+    _compute_only(m, min(n_series, args.max_poll), rows, n_series)
+
+
+def _latency(
+    boot: str, in_topic: str, out_topic: str, n_series: int, start: int, rate: float, seconds: float
+) -> tuple[float, float, int]:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=boot,
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    from kafka.structs import TopicPartition
+
+    parts = [TopicPartition(out_topic, p) for p in consumer.partitions_for_topic(out_topic)]
+    consumer.assign(parts)
+    consumer.seek_to_end()
+    sent: dict[tuple[str, str], float] = {}
+    count = int(rate * seconds)
+
+    def produce() -> None:
+        p = KafkaProducer(bootstrap_servers=boot, linger_ms=1, acks=1)
+        rng = np.random.default_rng(7)
+        t0 = time.monotonic()
+        for j, (series, ts, value) in enumerate(_messages(n_series, start, count, rng)):
+            ahead = t0 + j / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            sent[(series, ts)] = time.monotonic()
+            p.send(in_topic, key=series.encode(), value=value)
+        p.flush()
+        p.close()
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    lat: list[float] = []
+    deadline = time.monotonic() + seconds + 60
+    while len(lat) < count and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=100).values():
+            now = time.monotonic()
+            for r in records:
+                doc = json.loads(r.value)
+                t = sent.get((doc["series"], doc["ts"]))
+                if t is not None:
+                    lat.append((now - t) * 1e3)
+    thread.join()
+    consumer.close()
+    if not lat:
+        return float("nan"), float("nan"), 0
+    q = statistics.quantiles(lat, n=100)
+    return statistics.median(lat), q[98], len(lat)
+
+
+def _compute_only(m, batch: int, rows: list[list[str]], n_series: int) -> None:
+    """Model work per event at the processor's batch size: our step vs re-encoding 512 steps."""
+    from serving.observation import Observation
+    from serving.update import update_batch
+
+    rng = np.random.default_rng(0)
+    obs = [
+        Observation(
+            f"s{i}",
+            10**18,
+            rng.normal(size=len(CHANNELS)).astype(np.float32),
+            np.zeros(0, np.float32),
+        )
+        for i in range(batch)
+    ]
+    states = [s for s, _ in update_batch(m, [None] * batch, obs)]
+    nxt = [Observation(o.series, o.ts + 3600 * 10**9, o.values, o.static) for o in obs]
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        update_batch(m, states, nxt)
+        times.append(time.perf_counter() - t)
+    ours = batch / statistics.median(times)
+    window = torch.from_numpy(rng.normal(size=(batch, 512, len(CHANNELS))).astype(np.float32))
+    cov = torch.zeros(batch, 512, 6)
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            t = time.perf_counter()
+            m.model(window, covariates=cov, last_only=True)
+            times.append(time.perf_counter() - t)
+    base = batch / statistics.median(times)
+    rows.append(
+        [
+            f"{n_series:,}",
+            f"model work only (batch of {batch:,})",
+            f"ours {ours:,.0f} events/s, window-512 baseline {base:,.0f} events/s",
+            f"{ours / base:.0f}x",
+        ]
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--series", type=int, nargs="+", default=[1000, 100_000])
+    p.add_argument("--events", type=int, default=200_000, help="backlog for the throughput run")
+    p.add_argument("--rss-events", type=int, default=1_000_000, help="0 = skip the RSS run")
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--kind", default="selective_ssm")
+    p.add_argument("--d-model", type=int, default=32)
+    p.add_argument("--lookback", type=int, default=96)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--max-poll", type=int, default=5000)
+    p.add_argument("--checkpoint-interval", type=float, default=5.0)
+    p.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
+    args = p.parse_args()
+    torch.set_num_threads(1)  # as the worker does
+    rows: list[list[str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "KAFKA_PORT": str(_free_port()),
+            "KAFKA_CONTROLLER_PORT": str(_free_port()),
+            "KAFKA_DIR": tmp,
+            "KAFKA_HEAP": os.environ.get("KAFKA_HEAP", "1g"),
+        }
+        boot = args.bootstrap
+        if boot is None:
+            subprocess.run([str(KAFKA_SH), "start"], env=env, check=True, capture_output=True)
+            boot = f"127.0.0.1:{env['KAFKA_PORT']}"
+        try:
+            for i, n in enumerate(args.series):
+                run_one(boot, n, args, rows, rss=i == 0 and args.rss_events > 0)
+        finally:
+            if args.bootstrap is None:
+                subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True)
+    print(
+        f"model: {args.kind}, d_model {args.d_model}, horizon 24, 7 channels, "
+        f"{args.partitions} partitions, one processor, torch threads 1, {os.cpu_count()} cores"
+    )
+    print("| series | measure | result | note |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The Ray Serve application end to end: real broker, real local Ray Serve, real MLflow registry.
+
+A registered champion is served; observations stream in; forecasts come back over Kafka and REST;
+the stateless endpoint, errors, health, metrics and OpenAPI answer over real HTTP; then the
+champion alias moves to a model of another kind and the service swaps without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from serving.update import Forecast
+from tests.conftest import free_port
+from tests.serving.conftest import small_stream_model
+from tests.serving.kafka_helpers import (
+    create_topic,
+    make_stream,
+    offline_forecasts,
+    produce,
+    read_committed,
+    save_model,
+)
+
+pytestmark = pytest.mark.kafka
+NAME = "stream-test"
+
+
+def _register(folder: Path, alias_to_new: bool = True) -> str:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.pyfunc import ForecasterPyfunc
+
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ForecasterPyfunc(), artifacts={"forecaster": str(folder)}
+        )
+    version = mlflow.register_model(info.model_uri, NAME).version
+    MlflowClient().set_registered_model_alias(NAME, "champion", str(version))
+    return str(version)
+
+
+@pytest.fixture(scope="module")
+def service(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    import mlflow
+    import ray
+    from ray import serve
+
+    from serving.app import AppArgs, build_app
+
+    home = tmp_path_factory.mktemp("serve_home")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.create_experiment("serve-test", artifact_location=(home / "artifacts").as_uri())
+    mlflow.set_experiment("serve-test")
+    m = small_stream_model()
+    _register(save_model(m, home / "v1"))
+    create_topic(kafka_bootstrap, "obs-app", 2)
+    port = free_port()
+    # address="local": a Ray of our own, even if another is running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = AppArgs(
+            model_uri=f"models:/{NAME}@champion",
+            bootstrap_servers=kafka_bootstrap,
+            in_topic="obs-app",
+            out_topic="fc-app",
+            group="app",
+            checkpoint_interval_s=1.0,
+            model_poll_s=1.0,
+        )
+        serve.run(build_app(args), name="statecast", route_prefix="/")
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "model": m,
+            "home": home,
+            "bootstrap": kafka_bootstrap,
+        }
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def _wait(fn: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def test_stream_rest_and_swap(service: dict[str, Any]) -> None:
+    url, m, boot = service["url"], service["model"], service["bootstrap"]
+    docs = make_stream(n_series=5, n_steps=30, seed=7)
+    produce(boot, "obs-app", ((str(d["series"]).encode(), json.dumps(d).encode()) for d in docs))
+    got = read_committed(boot, "fc-app", expect=len(docs), timeout=120)
+    assert len(got) == len(docs)
+    assert {g["model"] for g in got} == {f"{NAME}/1"}
+
+    # REST: latest forecast from the carried state equals the offline loop's last forecast.
+    expected = offline_forecasts(m, docs)
+    _wait(lambda: requests.get(f"{url}/v1/series", timeout=10).json()["total"] == 5)
+    body = requests.get(f"{url}/v1/series/s003/forecast", timeout=10).json()
+    last = expected[("s003", str(docs[-1]["ts"]))]
+    q = np.stack([np.asarray(body["quantiles"][f"{x:g}"]) for x in m.model.quantiles], -1)
+    np.testing.assert_allclose(q, last.y, rtol=3e-5, atol=3e-5)
+    assert body["ts"] == docs[-1]["ts"] and body["horizon"] == 4 and body["warming"] is False
+    assert requests.get(f"{url}/v1/series/nope/forecast", timeout=10).status_code == 404
+    page = requests.get(f"{url}/v1/series", params={"offset": 1, "limit": 2}, timeout=10).json()
+    assert page == {"total": 5, "series": ["s001", "s002"]}
+
+    # Stateless forecast: the same history in, the same forecast out.
+    history = [
+        {"ts": d["ts"], "values": d["values"], "covariates": d["covariates"]}
+        for d in docs
+        if d["series"] == "s002"
+    ]
+    r = requests.post(f"{url}/v1/forecast", json={"history": history}, timeout=30)
+    assert r.status_code == 200, r.text
+    want: Forecast = expected[("s002", str(docs[-1]["ts"]))]
+    point = np.asarray(r.json()["point"])
+    np.testing.assert_allclose(
+        point, want.y[..., m.model.config.median_index], rtol=3e-5, atol=3e-5
+    )
+    for bad in [
+        {},
+        {"history": []},
+        {"history": [{"ts": "2024-01-01T00:00:00", "values": {"zzz": 1.0}}]},
+        {"history": [{"ts": "not a time", "values": {"a": 1.0}, "covariates": {"elevation": 1}}]},
+        {"history": [history[1], history[0]]},  # out of order
+        {"history": [{"ts": "2024-01-01T00:00:00", "values": {"a": "x"}}]},
+    ]:
+        r = requests.post(f"{url}/v1/forecast", json=bad, timeout=30)
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+
+    # Health, metrics, OpenAPI.
+    assert requests.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"
+    metrics = _wait(
+        lambda: (
+            (t := requests.get(f"{url}/metrics", timeout=10).text)
+            and f'statecast_forecasts_total{{replica="0"}} {float(len(docs))}' in t
+            and t
+        )
+    )
+    for name in [
+        "statecast_events_per_second",
+        "statecast_consumer_lag",
+        "statecast_step_batch_seconds_bucket",
+        "statecast_live_series",
+        "statecast_state_bytes",
+    ]:
+        assert name in metrics
+    assert 'statecast_live_series{replica="0"} 5.0' in metrics
+    spec = requests.get(f"{url}/openapi.json", timeout=10).json()
+    assert {
+        "/v1/series/{series_id}/forecast",
+        "/v1/forecast",
+        "/v1/series",
+        "/healthz",
+        "/metrics",
+    } <= set(spec["paths"])
+    assert requests.get(f"{url}/docs", timeout=10).status_code == 200
+
+    # The champion moves to a model of another kind: the processor swaps, re-warms each series
+    # from its retained window, and goes on forecasting with the new model.
+    new = small_stream_model("rwkv7", seed=3, head_size=8)
+    version = _register(save_model(new, service["home"] / "v2"))
+    # The processor checks the alias every second, between two polls; wait until it swapped.
+    _wait(
+        lambda: (
+            'statecast_model_swaps_total{replica="0"} 1.0'
+            in requests.get(f"{url}/metrics", timeout=10).text
+        ),
+        timeout=90,
+    )
+    more = make_stream(n_series=5, n_steps=32, seed=7)[5 * 30 :]  # the next 2 hours of each series
+    produce(boot, "obs-app", ((str(d["series"]).encode(), json.dumps(d).encode()) for d in more))
+    got = read_committed(boot, "fc-app", expect=len(docs) + len(more), timeout=120)
+    new_keys = {(d["series"], d["ts"]) for d in more}
+    after = [g for g in got if (g["series"], g["ts"]) in new_keys]
+    assert len(after) == len(more)
+    assert {g["model"] for g in after} == {f"{NAME}/{version}"}
+    assert not any(g["warming"] for g in after), "re-warmed series must not start cold"
