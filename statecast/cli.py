@@ -296,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--d-model", type=int, default=64)
     tr.add_argument("--n-layers", type=int, default=2)
     tr.add_argument(
-        "--norm-halflife", type=int, default=96, help="per-series running normalisation half-life (steps; 0 = off)"
+        "--norm-halflife",
+        type=int,
+        default=96,
+        help="per-series running normalisation half-life (steps; 0 = off)",
     )
     tr.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
