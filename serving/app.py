@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import PlainTextResponse
@@ -51,13 +51,13 @@ class AppArgs(BaseModel):
     out_topic: str = "forecasts"
     dead_letter_topic: str = ""
     group: str = "statecast"
-    processors: int = Field(1, ge=1, description="stream processor replicas")
-    checkpoint_interval_s: float = Field(5.0, gt=0)
-    max_poll_records: int = Field(5000, ge=1)
-    idle_records: int = Field(1_000_000, ge=1)
-    max_series_per_partition: int = Field(200_000, ge=1)
-    model_poll_s: float = Field(30.0, gt=0)
-    max_view_series: int = Field(1_000_000, ge=1)
+    processors: Annotated[int, Field(ge=1, description="stream processor replicas")] = 1
+    checkpoint_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    max_poll_records: Annotated[int, Field(ge=1)] = 5000
+    idle_records: Annotated[int, Field(ge=1)] = 1_000_000
+    max_series_per_partition: Annotated[int, Field(ge=1)] = 200_000
+    model_poll_s: Annotated[float, Field(gt=0)] = 30.0
+    max_view_series: Annotated[int, Field(ge=1)] = 1_000_000
 
     def processor_config(self, instance: str) -> ProcessorConfig:
         return ProcessorConfig(
