@@ -5,11 +5,12 @@
 
 For each series count S, against a real broker started by deploy/kafka/kafka.sh on free ports:
 1. throughput: E observations (S series, hourly, round-robin) are produced first, then one stream
-   processor (serving/processor.py, in this process, exactly-once transactions and checkpoints
-   on) consumes the backlog; events/s = E / time to forecast them all;
+   processor (`python -m serving.worker`, its own process, exactly-once transactions and
+   checkpoints on) consumes the backlog; events/s = events / time between the first and the last
+   commit of the consumer group;
 2. latency: a paced producer at half that rate for `--latency-seconds`; each forecast's arrival at
    a read_committed consumer minus its observation's send time; p50 and p99;
-3. RSS of this process after 100k and after `--rss-events` events (S = the first count only);
+3. RSS of the processor after 100k and after `--rss-events` events (S = the first count only);
 4. model work only, per event, at the processor's batch size: our step (update_batch) against a
    windowed baseline of similar size that re-encodes the last 512 observations per event
    (the same model's parallel forward over a 512-step window, last position only).
@@ -45,11 +46,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+_EXTRA = {"channels": list(CHANNELS), "frequency": "h", "calendar": True, "static_covariates": []}
 
 
 def _model(kind: str, d_model: int, lookback: int):
@@ -101,55 +98,82 @@ def _produce(boot: str, topic: str, n_series: int, start: int, count: int) -> No
     p.close()
 
 
-def _wait_events(proc, target: int, timeout: float) -> None:
+def _committed(admin, group: str, topic: str) -> int:
+    from kafka.errors import KafkaError
+
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    except KafkaError:  # the group does not exist until the worker joins
+        return 0
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
+
+
+def _wait_committed(admin, group: str, topic: str, target: int, timeout: float, worker) -> int:
     deadline = time.monotonic() + timeout
-    while proc.metrics.events < target:
+    while (done := _committed(admin, group, topic)) < target:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"processed {proc.metrics.events} of {target} events")
-        time.sleep(0.05)
+            raise TimeoutError(f"processed {done} of {target} events")
+        time.sleep(0.2)
+    return done
+
+
+def _rss_of(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_one(
-    boot: str, n_series: int, args: argparse.Namespace, rows: list[list[str]], rss: bool
+    boot: str, n_series: int, args: argparse.Namespace, rows: list[list[str]], rss: bool, tmp: Path
 ) -> None:
+    """One series count; the processor runs as its own process (`python -m serving.worker`), as
+    in production, so the producer and consumer of this benchmark do not share its interpreter."""
+    import sys
+
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from serving.processor import ProcessorConfig, StreamProcessor
+    from forecast.artifact import save_forecaster
 
     m = _model(args.kind, args.d_model, args.lookback)
-    topic = f"bench-in-{n_series}"
+    folder = save_forecaster(
+        m.model, tmp / f"model-{n_series}", extra=_EXTRA | {"lookback": args.lookback}
+    )
+    topic, out, group = f"bench-in-{n_series}", f"bench-out-{n_series}", f"bench-{n_series}"
     admin = KafkaAdminClient(bootstrap_servers=boot)
     admin.create_topics([NewTopic(topic, args.partitions, 1)])
-    admin.close()
     events = max(args.events, n_series * 2)
-    total = max(events, args.rss_events if rss else 0)
     t = time.perf_counter()
     _produce(boot, topic, n_series, 0, events)
     produce_s = time.perf_counter() - t
-    cfg = ProcessorConfig(
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.worker",
+        "--model-uri",
+        str(folder),
+        "--bootstrap-servers",
         boot,
+        "--in-topic",
         topic,
-        f"bench-out-{n_series}",
-        group_id=f"bench-{n_series}",
-        checkpoint_interval_s=args.checkpoint_interval,
-        max_poll_records=args.max_poll,
-    )
-    proc = StreamProcessor(cfg, m)
-    proc.ensure_topics()
-    proc._open()
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            proc.poll_once()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
+        "--out-topic",
+        out,
+        "--group",
+        group,
+        "--checkpoint-interval",
+        str(args.checkpoint_interval),
+        "--max-poll-records",
+        str(args.max_poll),
+    ]
+    log = open(tmp / f"worker-{n_series}.log", "w")  # noqa: SIM115
+    worker = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        # Throughput from the backlog; the clock starts at the first event processed.
-        _wait_events(proc, 1, 120)
-        t0, e0 = time.perf_counter(), proc.metrics.events
-        _wait_events(proc, events, 3600)
+        # Throughput from the backlog; the clock starts at the first commit.
+        e0 = _wait_committed(admin, group, topic, 1, 300, worker)
+        t0 = time.perf_counter()
+        _wait_committed(admin, group, topic, events, 3600, worker)
         rate = (events - e0) / (time.perf_counter() - t0)
         rows.append(
             [
@@ -159,50 +183,47 @@ def run_one(
                 f"{events:,} events; produced in {produce_s:.0f} s",
             ]
         )
-        rss_100k = _rss_mib() if proc.metrics.events >= 100_000 else float("nan")
-        # Latency at half the measured rate.
-        lat = _latency(boot, topic, cfg.out_topic, n_series, events, rate / 2, args.latency_seconds)
+        lat = _latency(boot, topic, out, n_series, events, rate / 2, args.latency_seconds)
         rows.append(
             [
                 f"{n_series:,}",
                 "latency at half rate",
-                f"p50 {lat[0]:.0f} ms, p99 {lat[1]:.0f} ms",
+                f"p50 {lat[0]:,.0f} ms, p99 {lat[1]:,.0f} ms",
                 f"{lat[2]:,} events at {rate / 2:,.0f}/s",
             ]
         )
+        done = events + lat[2]
+        state = m.initial_flat().numel() * m.initial_flat().element_size()
         rows.append(
             [
                 f"{n_series:,}",
                 "state per series",
-                f"{m.initial_flat().numel() * 4:,} bytes",
-                f"{proc.metrics.live_series:,} live series, "
-                f"{proc.metrics.state_bytes / 2**20:,.0f} MiB",
+                f"{state:,} bytes",
+                f"{n_series:,} series: {n_series * state / 2**20:,.0f} MiB of state",
             ]
         )
         if rss:
-            done = proc.metrics.events
             if done < 100_000:
                 _produce(boot, topic, n_series, done, 100_000 - done)
-                _wait_events(proc, 100_000, 3600)
-                done = 100_000
-            rss_100k = _rss_mib()
-            if total > done:
-                _produce(boot, topic, n_series, done, total - done)
-                _wait_events(proc, total, 3600)
-            rss_end = _rss_mib()
+                done = _wait_committed(admin, group, topic, 100_000, 3600, worker)
+            rss_100k = _rss_of(worker.pid)
+            if args.rss_events > done:
+                _produce(boot, topic, n_series, done, args.rss_events - done)
+                done = _wait_committed(admin, group, topic, args.rss_events, 3600, worker)
+            rss_end = _rss_of(worker.pid)
             rows.append(
                 [
                     f"{n_series:,}",
-                    "RSS",
+                    "worker RSS",
                     f"{rss_100k:,.0f} -> {rss_end:,.0f} MiB",
-                    f"after 100k -> {proc.metrics.events:,} events: "
-                    f"{100 * (rss_end / rss_100k - 1):+.1f}%",
+                    f"after 100k -> {done:,} events: {100 * (rss_end / rss_100k - 1):+.1f}%",
                 ]
             )
     finally:
-        stop.set()
-        thread.join(30)
-        proc.close()
+        worker.terminate()
+        worker.wait(30)
+        log.close()
+        admin.close()
     _compute_only(m, min(n_series, args.max_poll), rows, n_series)
 
 
@@ -332,7 +353,7 @@ def main() -> None:
             boot = f"127.0.0.1:{env['KAFKA_PORT']}"
         try:
             for i, n in enumerate(args.series):
-                run_one(boot, n, args, rows, rss=i == 0 and args.rss_events > 0)
+                run_one(boot, n, args, rows, rss=i == 0 and args.rss_events > 0, tmp=Path(tmp))
         finally:
             if args.bootstrap is None:
                 subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = ["Observation", "ObservationSpec", "Rejection", "decode_observation", "parse_timestamp"]
 
+_F32_MAX = float(np.finfo(np.float32).max)
 SERIES_ID = re.compile(r"^[A-Za-z0-9._:/@=+-]{1,256}$")
 
 
@@ -73,7 +74,8 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     out = float(value)
-    return out if math.isfinite(out) and abs(out) < 3.0e38 else None
+    # Finite as float32 too: the model reads float32, where 1e39 would be inf.
+    return out if math.isfinite(out) and abs(out) <= _F32_MAX else None
 
 
 def decode_observation(

@@ -171,7 +171,10 @@ class StreamProcessor:
             **opts,
             transactional_id=f"{self.cfg.group_id}-{self.cfg.instance}",
             transaction_timeout_ms=self.cfg.transaction_timeout_ms,
-            linger_ms=5,
+            # Large batches: the commit at the end of each poll flushes them anyway, and every new
+            # batch wakes kafka-python's IO thread (a socket write), which dominated at 16 KiB.
+            linger_ms=20,
+            batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
         )
         self._producer.init_transactions()
