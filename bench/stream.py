@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,7 +268,7 @@ def _latency(
         for records in consumer.poll(timeout_ms=100).values():
             now = time.monotonic()
             for r in records:
-                doc = json.loads(r.value)
+                doc = orjson.loads(r.value)
                 t = sent.get((doc["series"], doc["ts"]))
                 if t is not None:
                     lat.append((now - t) * 1e3)

@@ -10,13 +10,13 @@ record becomes a `Rejection` with a reason, which the consumer dead-letters.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 
 __all__ = ["Observation", "ObservationSpec", "Rejection", "decode_observation", "parse_timestamp"]
 
@@ -64,11 +64,6 @@ def parse_timestamp(text: object) -> int | None:
     return int(np.datetime64(stamp, "ns").astype(np.int64))
 
 
-def _reject_constant(name: str) -> float:
-    # json accepts NaN, Infinity and -Infinity by default; they are not JSON and never valid here.
-    raise ValueError(f"{name} is not a number")
-
-
 def _number(value: object) -> float | None:
     """A finite JSON number as float; None for anything else (bools are not numbers)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -86,8 +81,9 @@ def decode_observation(
     if len(raw) > spec.max_bytes:
         return Rejection("oversize", f"{len(raw)} bytes; the limit is {spec.max_bytes}")
     try:
-        doc = json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # Strict JSON: NaN, Infinity and numbers beyond double range are errors, not values.
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
         return Rejection("not_json", str(e)[:200])
     if not isinstance(doc, dict):
         return Rejection("not_object", f"the value is a JSON {type(doc).__name__}, not an object")

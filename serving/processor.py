@@ -78,20 +78,34 @@ class ProcessorConfig:
 
 
 def forecast_message(m: StreamModel, f: Forecast) -> bytes:
-    y = np.ascontiguousarray(np.moveaxis(f.y, -1, 0))  # [Q, H, C]
-    doc = {
-        "series": f.series,
-        "ts": str(np.datetime64(f.ts, "ns").astype("datetime64[s]")),
-        "model": m.label,
-        "horizon": int(y.shape[1]),
-        "warming": f.warming,
-        "channels": list(m.spec.channels),
-        "point": y[m.model.config.median_index],
-        "quantiles": {f"{q:g}": y[i] for i, q in enumerate(m.model.quantiles)},
-    }
-    # orjson writes numpy arrays directly, float32 with the shortest repr that round-trips:
-    # 40x faster than json.dumps of lists, and half the bytes.
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    return forecast_messages(m, [f])[0]
+
+
+def forecast_messages(m: StreamModel, forecasts: list[Forecast]) -> list[bytes]:
+    """The JSON of each forecast (docs/schemas/forecast.schema.json); array work done once."""
+    if not forecasts:
+        return []
+    y = np.ascontiguousarray(np.moveaxis(np.stack([f.y for f in forecasts]), -1, 1))  # [B,Q,H,C]
+    stamps = np.datetime_as_string(np.array([f.ts for f in forecasts], "datetime64[ns]"), unit="s")
+    levels = [f"{q:g}" for q in m.model.quantiles]
+    median = m.model.config.median_index
+    channels = list(m.spec.channels)
+    out = []
+    for i, f in enumerate(forecasts):
+        doc = {
+            "series": f.series,
+            "ts": str(stamps[i]),
+            "model": m.label,
+            "horizon": int(y.shape[2]),
+            "warming": f.warming,
+            "channels": channels,
+            "point": y[i, median],
+            "quantiles": {q: y[i, k] for k, q in enumerate(levels)},
+        }
+        # orjson writes numpy arrays directly, float32 with the shortest repr that round-trips:
+        # 40x faster than json.dumps of lists, and half the bytes.
+        out.append(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+    return out
 
 
 def dead_letter_message(
@@ -281,6 +295,7 @@ class StreamProcessor:
                 for k, (obs, off, _) in zip(keys, heads, strict=True)
             ]
             results = update_batch(self.model, states, [h[0] for h in heads])
+            accepted: list[Forecast] = []
             for (tp, series), (_, off, raw), (new, out) in zip(keys, heads, results, strict=True):
                 store = self.stores[tp]
                 if isinstance(out, Rejection):
@@ -292,11 +307,11 @@ class StreamProcessor:
                 store.touched[series] = off
                 store.dirty.add(series)
                 store.evicted.discard(series)
-                self.metrics.forecasts += 1
-                if send is not None:
-                    send(
-                        self.cfg.out_topic, series.encode(), forecast_message(self.model, out), None
-                    )
+                accepted.append(out)
+            self.metrics.forecasts += len(accepted)
+            if send is not None:
+                for f, value in zip(accepted, forecast_messages(self.model, accepted), strict=True):
+                    send(self.cfg.out_topic, f.series.encode(), value, None)
             for k in keys:
                 if not queues[k]:
                     del queues[k]
