@@ -1,0 +1,109 @@
+"""The processor's per-partition policies, driven through `process` with records in memory:
+idle eviction (counted in records, so replay decides the same), the capacity valve, checkpoints
+with tombstones, and model swaps (compatible states kept, incompatible ones re-warmed)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from kafka.structs import TopicPartition
+
+from serving.checkpoint import MARKER_KEY, Marker, decode_series
+from serving.hot_swap import rewarm
+from serving.processor import ProcessorConfig, StreamProcessor
+from tests.serving.conftest import CHANNELS, HOUR, T0, small_stream_model
+
+TP = TopicPartition("obs", 0)
+
+
+class Record(NamedTuple):  # the fields of a kafka-python ConsumerRecord that process() reads
+    offset: int
+    key: bytes
+    value: bytes
+
+
+def record(offset: int, series: str, hour: int) -> Record:
+    ts = str(np.datetime64(T0 + hour * HOUR, "ns").astype("datetime64[s]"))
+    doc = {
+        "series": series,
+        "ts": ts,
+        "values": {c: 1.0 + hour for c in CHANNELS},
+        "covariates": {"elevation": 3.0},
+    }
+    return Record(offset, series.encode(), json.dumps(doc).encode())
+
+
+def processor(**cfg: Any) -> StreamProcessor:
+    return StreamProcessor(ProcessorConfig("unused:9092", "obs", "fc", **cfg), small_stream_model())
+
+
+class Sent(list[tuple[str, bytes, bytes | None, int | None]]):
+    def __call__(self, topic: str, key: bytes, value: bytes | None, partition: int | None) -> None:
+        self.append((topic, key, value, partition))
+
+
+def test_idle_series_restart_after_idle_records() -> None:
+    proc = processor(idle_records=5)
+    sent = Sent()
+    recs = [record(0, "a", 0)] + [record(i, "b", i) for i in range(1, 7)] + [record(7, "a", 7)]
+    proc.process({TP: recs}, send=sent)
+    # a's second record is 7 records after its first (> 5): it starts afresh, as a new series.
+    forecasts = [json.loads(v) for t, _, v, _ in sent if t == "fc" and v]
+    a = [f for f in forecasts if f["series"] == "a"]
+    assert len(a) == 2 and proc.stores[TP].series["a"].steps == 1
+    assert proc.metrics.idle_restarts == 1
+    # Within the limit it would have stepped the 6-hour gap: 1 + 6 + 1 steps.
+    proc2 = processor(idle_records=50)
+    proc2.process({TP: recs}, send=Sent())
+    assert proc2.stores[TP].series["a"].steps == 8
+
+
+def test_capacity_evicts_least_recently_updated_and_checkpoint_writes_tombstones() -> None:
+    proc = processor(max_series_per_partition=3)
+    sent = Sent()
+    recs = [record(i, f"s{i}", 0) for i in range(5)] + [record(5, "s0", 1)]
+    proc.process({TP: recs}, send=sent)
+    store = proc.stores[TP]
+    # Enforced after the poll: s0 was updated last, so s1 and s2 are the least recent.
+    assert set(store.series) == {"s3", "s4", "s0"} and proc.metrics.evictions == 2
+    assert store.series["s0"].steps == 2
+
+    class Producer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
+
+        def send(self, topic: str, key: bytes, value: bytes | None, partition: int) -> None:
+            self.sent.append((topic, key, value, partition))
+
+    producer = Producer()
+    proc._checkpoint(producer)  # type: ignore[arg-type]
+    by_key = {k: v for t, k, v, p in producer.sent if t == "statecast.state" and p == 0}
+    assert by_key[b"s1"] is None and by_key[b"s2"] is None  # tombstones
+    assert b"s0" not in by_key or by_key[b"s0"] is not None
+    assert Marker.from_bytes(by_key[MARKER_KEY]).offset == 6  # type: ignore[arg-type]
+    state, layout, offset = decode_series(by_key[b"s4"])  # type: ignore[arg-type]
+    assert layout == proc.layout and offset == 4
+    assert torch.equal(state.hidden, store.series["s4"].hidden)
+    assert not store.dirty and not store.evicted
+    # An evicted series that comes back starts from the initial state.
+    proc.process({TP: [record(6, "s1", 5)]}, send=Sent())
+    assert store.series["s1"].steps == 1 and "s3" not in store.series
+
+
+def test_swap_keeps_compatible_states_and_rewarms_the_rest() -> None:
+    proc = processor()
+    proc.process({TP: [record(i, "a", i) for i in range(12)]}, send=None)
+    before = proc.stores[TP].series["a"]
+    retrained = small_stream_model(seed=5)  # same kind and sizes, other weights
+    proc.swap_model(retrained)
+    kept = proc.stores[TP].series["a"]
+    assert kept is before and proc.stores[TP].dirty == {"a"}
+    other = small_stream_model("rwkv7", seed=6, head_size=8)
+    proc.swap_model(other)
+    warmed = proc.stores[TP].series["a"]
+    expect = rewarm(other, {"a": before})["a"]
+    torch.testing.assert_close(warmed.hidden, expect.hidden)
+    assert warmed.steps == other.retain and proc.metrics.model_swaps == 2
