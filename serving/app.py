@@ -12,15 +12,17 @@
 """
 
 # No `from __future__ import annotations`: FastAPI reads these annotations at runtime.
+import hmac
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from ray import serve
@@ -35,7 +37,7 @@ from serving.update import Forecast, update_batch
 from serving.view import ForecastView
 from serving.worker import StreamWorker, WorkerConfig
 
-__all__ = ["API_NAME", "AppArgs", "build_app"]
+__all__ = ["API_NAME", "AppArgs", "bearer_ok", "build_app"]
 
 log = logging.getLogger("statecast.serving")
 API_NAME = "ForecastApi"
@@ -58,6 +60,13 @@ class AppArgs(BaseModel):
     max_series_per_partition: Annotated[int, Field(ge=1)] = 200_000
     model_poll_s: Annotated[float, Field(gt=0)] = 30.0
     max_view_series: Annotated[int, Field(ge=1)] = 1_000_000
+    # Bearer token for REST writes (and reads with protect_reads), read from this environment
+    # variable of the replicas, never from the config file. Unset: the endpoints are open.
+    token_env: str = "STATECAST_API_TOKEN"
+    protect_reads: bool = False
+    # Passed to every kafka-python client: security_protocol, sasl_mechanism, sasl_plain_username,
+    # sasl_plain_password, ssl_cafile, ssl_certfile, ssl_keyfile, ...
+    kafka_options: dict[str, str | int | bool] = Field(default_factory=dict)
 
     def processor_config(self, instance: str) -> ProcessorConfig:
         return ProcessorConfig(
@@ -71,6 +80,7 @@ class AppArgs(BaseModel):
             max_poll_records=self.max_poll_records,
             idle_records=self.idle_records,
             max_series_per_partition=self.max_series_per_partition,
+            kafka_options=tuple(sorted(self.kafka_options.items())),
         )
 
 
@@ -113,6 +123,14 @@ class StreamProcessor:
         if hasattr(self, "_stop"):  # __init__ may have failed first
             self._stop.set()
             self.worker.stop()
+
+
+def bearer_ok(token: str, authorization: str | None) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 class ObservationIn(BaseModel):
@@ -158,16 +176,35 @@ class ForecastApi:
         self.args = args
         ref = resolve(args.model_uri)
         self.model = load_stream_model(ref, Path(tempfile.mkdtemp(prefix="statecast-api-")))
-        self.view = ForecastView(args.bootstrap_servers, args.out_topic, args.max_view_series)
+        self.view = ForecastView(
+            args.bootstrap_servers, args.out_topic, args.max_view_series, **args.kafka_options
+        )
         self.view.start()
         self.reports: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.token = os.environ.get(args.token_env, "")
+        self.auth_failures = 0
+        if not self.token:
+            log.warning("%s is not set: REST writes are not authenticated", args.token_env)
+
+    def _authorize(self, authorization: str | None, write: bool) -> None:
+        """Bearer-token check, constant time; 401 (counted) when it fails."""
+        if not self.token or not (write or self.args.protect_reads):
+            return
+        if not bearer_ok(self.token, authorization):
+            self.auth_failures += 1
+            raise HTTPException(
+                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     def report(self, replica: str, snapshot: dict[str, Any]) -> None:
         self.reports[replica] = (time.monotonic(), snapshot)
 
     @app.get("/v1/series/{series_id}/forecast", response_model=ForecastOut)
-    def series_forecast(self, series_id: str) -> dict[str, Any]:
+    def series_forecast(
+        self, series_id: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
         """The latest committed forecast of one series (from its carried state)."""
+        self._authorize(authorization, write=False)
         got = self.view.get(series_id)
         if got is None:
             raise HTTPException(404, f"no forecast for series {series_id!r}")
@@ -175,15 +212,23 @@ class ForecastApi:
 
     @app.get("/v1/series", response_model=SeriesList)
     def list_series(
-        self, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=10_000)
+        self,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(100, ge=1, le=10_000),
+        authorization: Annotated[str | None, Header()] = None,
     ) -> dict[str, Any]:
         """Series with a forecast, sorted by id, paged."""
+        self._authorize(authorization, write=False)
         total, names = self.view.series(offset, limit)
         return {"total": total, "series": names}
 
     @app.post("/v1/forecast", response_model=ForecastOut)
-    async def forecast(self, body: ForecastRequest) -> dict[str, Any]:
-        """Stateless: the history in, the forecast after its last observation out."""
+    async def forecast(
+        self, body: ForecastRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Stateless: the history in, the forecast after its last observation out. Needs the
+        bearer token when one is configured."""
+        self._authorize(authorization, write=True)
         result = await self._forecast_batch(body)
         if isinstance(result, Rejection):
             raise HTTPException(422, str(result))
@@ -250,6 +295,7 @@ class ForecastApi:
             "processor": processor_ok,
             "view": self.view.alive(),
             "model": self.model.label,
+            "auth": "on" if self.token else "off",
         }
         if not ok:
             raise HTTPException(503, body)
@@ -260,7 +306,11 @@ class ForecastApi:
         """Prometheus text: events, lag, step latency, dead letters, series, state bytes."""
         now = time.monotonic()
         live = {r: snap for r, (t, snap) in self.reports.items() if now - t < 30.0}
-        return render_prometheus(live)
+        return render_prometheus(live) + (
+            "# HELP statecast_auth_failures_total REST requests refused for a bad or no token\n"
+            "# TYPE statecast_auth_failures_total counter\n"
+            f"statecast_auth_failures_total {self.auth_failures}\n"
+        )
 
     def __del__(self) -> None:
         if hasattr(self, "view"):  # __init__ may have failed before the view existed

@@ -123,6 +123,29 @@ def add_processor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-records", type=int, default=1_000_000)
     p.add_argument("--max-series-per-partition", type=int, default=200_000)
     p.add_argument("--model-poll", type=float, default=30.0, help="seconds between alias checks")
+    p.add_argument(
+        "--kafka-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a kafka-python client option, e.g. security_protocol=SASL_SSL (repeatable)",
+    )
+
+
+def kafka_options(pairs: list[str]) -> dict[str, str | int | bool]:
+    """KEY=VALUE strings -> kafka-python options (integers and true/false converted)."""
+    out: dict[str, str | int | bool] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--kafka-option {pair!r}: expected KEY=VALUE")
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+        elif value.lstrip("-").isdigit():
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
 
 
 def processor_config(args: argparse.Namespace, instance: str) -> ProcessorConfig:
@@ -137,6 +160,7 @@ def processor_config(args: argparse.Namespace, instance: str) -> ProcessorConfig
         max_poll_records=args.max_poll_records,
         idle_records=args.idle_records,
         max_series_per_partition=args.max_series_per_partition,
+        kafka_options=tuple(sorted(kafka_options(args.kafka_option).items())),
     )
 
 

@@ -200,6 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pipelines import settings
     from serving.app import AppArgs, build_app
+    from serving.worker import kafka_options
 
     app_args = AppArgs(
         model_uri=args.model_uri,
@@ -212,6 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
         checkpoint_interval_s=args.checkpoint_interval,
         max_poll_records=args.max_poll_records,
         model_poll_s=args.model_poll,
+        kafka_options=kafka_options(args.kafka_option),
     )
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri())  # replicas inherit it
     ray.init(address=settings.ray_address(), include_dashboard=False)
@@ -349,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model-poll", type=float, default=30.0, help="seconds between alias checks")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument(
+        "--kafka-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="kafka-python client option, e.g. security_protocol=SASL_SSL (repeatable)",
+    )
     sv.set_defaults(fn=_serve)
 
     pr = sub.add_parser(

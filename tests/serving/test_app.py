@@ -32,6 +32,8 @@ from tests.serving.kafka_helpers import (
 
 pytestmark = pytest.mark.kafka
 NAME = "stream-test"
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _register(folder: Path, alias_to_new: bool = True) -> str:
@@ -62,6 +64,7 @@ def service(
     home = tmp_path_factory.mktemp("serve_home")
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    os.environ["STATECAST_API_TOKEN"] = TOKEN  # the replicas inherit it from this process
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     mlflow.create_experiment("serve-test", artifact_location=(home / "artifacts").as_uri())
     mlflow.set_experiment("serve-test")
@@ -92,6 +95,7 @@ def service(
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.pop("STATECAST_API_TOKEN", None)
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
@@ -134,7 +138,13 @@ def test_stream_rest_and_swap(service: dict[str, Any]) -> None:
         for d in docs
         if d["series"] == "s002"
     ]
-    r = requests.post(f"{url}/v1/forecast", json={"history": history}, timeout=30)
+    # Writes need the bearer token (reads are open by default); failures are counted.
+    for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]:
+        r = requests.post(
+            f"{url}/v1/forecast", json={"history": history}, headers=headers, timeout=30
+        )
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer", r.text
+    r = requests.post(f"{url}/v1/forecast", json={"history": history}, headers=AUTH, timeout=30)
     assert r.status_code == 200, r.text
     want: Forecast = expected[("s002", str(docs[-1]["ts"]))]
     point = np.asarray(r.json()["point"])
@@ -149,11 +159,12 @@ def test_stream_rest_and_swap(service: dict[str, Any]) -> None:
         {"history": [history[1], history[0]]},  # out of order
         {"history": [{"ts": "2024-01-01T00:00:00", "values": {"a": "x"}}]},
     ]:
-        r = requests.post(f"{url}/v1/forecast", json=bad, timeout=30)
+        r = requests.post(f"{url}/v1/forecast", json=bad, headers=AUTH, timeout=30)
         assert r.status_code == 422, (bad, r.status_code, r.text)
 
     # Health, metrics, OpenAPI.
-    assert requests.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"
+    health = requests.get(f"{url}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["auth"] == "on"
     metrics = _wait(
         lambda: (
             (t := requests.get(f"{url}/metrics", timeout=10).text)
@@ -170,6 +181,7 @@ def test_stream_rest_and_swap(service: dict[str, Any]) -> None:
     ]:
         assert name in metrics
     assert 'statecast_live_series{replica="0"} 5.0' in metrics
+    assert "statecast_auth_failures_total 3" in metrics
     spec = requests.get(f"{url}/openapi.json", timeout=10).json()
     assert {
         "/v1/series/{series_id}/forecast",
