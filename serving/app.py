@@ -114,6 +114,10 @@ class StreamProcessor:
     def healthy(self) -> bool:
         return self.worker.alive()
 
+    def pid(self) -> int:
+        """The replica's process id (operations and the fault tests kill it)."""
+        return os.getpid()
+
     def check_health(self) -> None:
         # Serve replaces a replica whose stream thread died; the new one restores its partitions.
         if not self.worker.alive():

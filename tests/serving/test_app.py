@@ -22,6 +22,7 @@ from serving.update import Forecast
 from tests.conftest import free_port
 from tests.serving.conftest import small_stream_model
 from tests.serving.kafka_helpers import (
+    assert_exactly_once,
     create_topic,
     make_stream,
     offline_forecasts,
@@ -195,6 +196,7 @@ def test_stream_rest_and_swap(service: dict[str, Any]) -> None:
     # The champion moves to a model of another kind: the processor swaps, re-warms each series
     # from its retained window, and goes on forecasting with the new model.
     new = small_stream_model("rwkv7", seed=3, head_size=8)
+    service["current_model"] = new
     version = _register(save_model(new, service["home"] / "v2"))
     # The processor checks the alias every second, between two polls; wait until it swapped.
     _wait(
@@ -212,3 +214,54 @@ def test_stream_rest_and_swap(service: dict[str, Any]) -> None:
     assert len(after) == len(more)
     assert {g["model"] for g in after} == {f"{NAME}/{version}"}
     assert not any(g["warming"] for g in after), "re-warmed series must not start cold"
+
+
+def test_killed_processor_replica_is_replaced_and_loses_nothing(service: dict[str, Any]) -> None:
+    """SIGKILL the stream processor's replica process between two halves of a stream: Serve
+    starts a new replica, which restores the partitions from the changelog and the committed
+    offsets; every observation still has exactly one forecast, equal to the offline loop."""
+    import signal
+
+    from ray import serve
+
+    url, boot = service["url"], service["bootstrap"]
+    handle = serve.get_deployment_handle("StreamProcessor", "statecast")
+    m = service.get("current_model") or service["model"]
+    docs = [
+        dict(d, series="k" + str(d["series"])[1:])
+        for d in make_stream(n_series=8, n_steps=60, seed=11)
+    ]
+    first, second = docs[: len(docs) // 2], docs[len(docs) // 2 :]
+    keys = {(d["series"], d["ts"]) for d in docs}
+
+    def ours(n: int, timeout: float) -> list[dict[str, Any]]:
+        got = read_committed(boot, "fc-app", expect=10**9, timeout=0.1)
+        deadline = time.monotonic() + timeout
+        while len(mine := [g for g in got if (g["series"], g["ts"]) in keys]) < n:
+            assert time.monotonic() < deadline, f"{len(mine)} of {n} forecasts"
+            got = read_committed(boot, "fc-app", expect=10**9, timeout=1.0)
+        return mine
+
+    produce(boot, "obs-app", ((str(d["series"]).encode(), json.dumps(d).encode()) for d in first))
+    ours(len(first), timeout=120)
+    pid = handle.pid.remote().result(timeout_s=30)
+    os.kill(pid, signal.SIGKILL)
+    # Serve notices the dead actor and starts a replacement (a new process).
+    _wait(lambda: _new_pid(handle, pid), timeout=120)
+    produce(boot, "obs-app", ((str(d["series"]).encode(), json.dumps(d).encode()) for d in second))
+    got = ours(len(docs), timeout=180)
+    time.sleep(2.0)
+    got = [
+        g
+        for g in read_committed(boot, "fc-app", expect=10**9, timeout=2.0)
+        if (g["series"], g["ts"]) in keys
+    ]
+    assert_exactly_once(m, docs, got, tol=3e-5, label=got[0]["model"])
+    assert requests.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def _new_pid(handle: Any, old: int) -> bool:
+    try:
+        return int(handle.pid.remote().result(timeout_s=10)) != old
+    except Exception:  # the replica is being replaced
+        return False
