@@ -28,6 +28,7 @@ class ProcessorMetrics:
     restores: int = 0
     transaction_failures: int = 0
     model_swaps: int = 0
+    reconnects: int = 0
     live_series: int = 0
     state_bytes: int = 0
     lag: int = 0
@@ -64,6 +65,7 @@ class ProcessorMetrics:
             "restores": self.restores,
             "transaction_failures": self.transaction_failures,
             "model_swaps": self.model_swaps,
+            "reconnects": self.reconnects,
             "live_series": self.live_series,
             "state_bytes": self.state_bytes,
             "lag": self.lag,
@@ -95,6 +97,7 @@ def render_prometheus(snapshots: dict[str, dict[str, object]]) -> str:
             "Aborted transactions (rewound to the last commit)",
         ),
         ("statecast_model_swaps_total", "counter", "model_swaps", "Model swaps"),
+        ("statecast_reconnects_total", "counter", "reconnects", "Reconnections after Kafka errors"),
         ("statecast_live_series", "gauge", "live_series", "Series whose state is in memory"),
         ("statecast_state_bytes", "gauge", "state_bytes", "Bytes of hidden state in memory"),
         ("statecast_consumer_lag", "gauge", "lag", "Records behind the end of the input"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from kafka.errors import KafkaError
 
 from serving.metrics import ProcessorMetrics
 from serving.model_source import ModelRef, load_stream_model, resolve
@@ -62,23 +63,42 @@ class StreamWorker:
         )
 
     def run(self) -> None:
-        """Consume until `stop_event` is set (or an unrecoverable error, kept in `error`)."""
+        """Consume until `stop_event` is set. When Kafka goes away the worker waits and
+        reconnects (backing off up to 30 s); on reassignment the partitions are restored from
+        the changelog and the committed offsets, so the outage loses and repeats nothing. Any
+        other error stops it (kept in `error`, which the Serve health check reports)."""
         proc = self.processor
+        backoff = 1.0
         try:
-            proc.ensure_topics()
-            proc._open()
-            checked = time.monotonic()
             while not self.stop_event.is_set():
-                proc.poll_once()
-                if time.monotonic() - checked >= self.cfg.model_poll_s:
-                    checked = time.monotonic()
-                    self._maybe_swap()
+                try:
+                    proc.ensure_topics()
+                    proc._open()
+                    self._consume()
+                    backoff = 1.0
+                except KafkaError as e:
+                    self.metrics.reconnects += 1
+                    log.warning("Kafka is unavailable (%s); reconnecting in %.0f s", e, backoff)
+                    proc.close()
+                    # Whatever was in memory may be ahead of the last commit: rebuild on assignment.
+                    proc.stores.clear()
+                    proc.pending.clear()
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
         except BaseException as e:
             self.error = e
             log.exception("stream worker stopped")
             raise
         finally:
             proc.close()
+
+    def _consume(self) -> None:
+        checked = time.monotonic()
+        while not self.stop_event.is_set():
+            self.processor.poll_once()
+            if time.monotonic() - checked >= self.cfg.model_poll_s:
+                checked = time.monotonic()
+                self._maybe_swap()
 
     def _maybe_swap(self) -> None:
         try:

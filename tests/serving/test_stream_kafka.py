@@ -157,3 +157,70 @@ def test_malformed_records_go_to_dead_letters_and_good_ones_are_forecast(
     }
     assert proc.metrics.dead_letters == reasons
     assert proc.metrics.forecasts == len(docs)
+
+
+def test_broker_restart_mid_stream(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Stop the broker under a running processor and start it again: the worker waits,
+    reconnects, restores, and every observation still has exactly one forecast."""
+    from tests.conftest import KAFKA_SH, free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_DIR": str(tmp_path_factory.mktemp("kafka-restart")),
+    }
+
+    def broker(action: str) -> None:
+        proc = subprocess.run(
+            [str(KAFKA_SH), action], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    broker("start")
+    boot = f"127.0.0.1:{port}"
+    m = small_stream_model(dtype=torch.float64)
+    folder = save_model(m, tmp_path / "model")
+    docs = make_stream(n_series=20, n_steps=60, seed=3)
+    first, second = docs[: len(docs) // 2], docs[len(docs) // 2 :]
+    create_topic(boot, "obs-restart", 2)
+    produce(
+        boot, "obs-restart", ((str(d["series"]).encode(), json.dumps(d).encode()) for d in first)
+    )
+    cmd = [
+        sys.executable, "-m", "serving.worker", "--model-uri", str(folder),
+        "--bootstrap-servers", boot, "--in-topic", "obs-restart", "--out-topic", "fc-restart",
+        "--group", "restart", "--checkpoint-interval", "0.5",
+    ]  # fmt: skip
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        tail = Tail(boot, "fc-restart")
+        assert tail.read(len(first), timeout=120) == len(first)
+        tail.close()
+        broker("stop")
+        time.sleep(3.0)
+        assert proc.poll() is None, "the worker died with the broker"
+        broker("start")
+        produce(
+            boot,
+            "obs-restart",
+            ((str(d["series"]).encode(), json.dumps(d).encode()) for d in second),
+        )
+        got = read_committed(boot, "fc-restart", expect=len(docs), timeout=240)
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+        broker("stop")
+    assert_exactly_once(m, docs, got, tol=1e-6, label=str(folder.resolve()))
