@@ -148,7 +148,7 @@ class StreamProcessor:
         self.layout = model.model.init_state(1, device="cpu").layout_id()
         self.stores: dict[TopicPartition, PartitionStore] = {}
         self.pending: set[TopicPartition] = set()  # assigned, not yet restored
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint: dict[TopicPartition, float] = {}  # per partition, see _due
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self.error: BaseException | None = None
@@ -234,8 +234,8 @@ class StreamProcessor:
             self.restore(todo)
             self._consumer.resume(*todo)
         self._update_lag()
-        due = time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_interval_s
-        if not polled and not (due and any(s.dirty or s.evicted for s in self.stores.values())):
+        due = self._due()
+        if not polled and not any(self.stores[tp].dirty or self.stores[tp].evicted for tp in due):
             return 0
         producer = self._producer
         try:
@@ -244,10 +244,10 @@ class StreamProcessor:
                 polled, send=lambda t, k, v, p: producer.send(t, key=k, value=v, partition=p)
             )
             if due:
-                self._checkpoint(producer)
+                self._checkpoint(producer, due)
             offsets = {
                 tp: OffsetAndMetadata(self.stores[tp].next_offset, "", -1)
-                for tp in (self.stores if due else polled)
+                for tp in {*polled, *due}
                 if tp in self.stores
             }
             if offsets:
@@ -365,9 +365,22 @@ class StreamProcessor:
             )
 
     # ---- checkpoints ---------------------------------------------------------------------
-    def _checkpoint(self, producer: KafkaProducer) -> None:
+    def _due(self) -> list[TopicPartition]:
+        """Partitions whose checkpoint is due. Each has its own phase (set at restore), so the
+        partitions of a replica checkpoint in turn rather than all in one transaction: the
+        pause a checkpoint costs is spread instead of piled up."""
+        now = time.monotonic()
+        interval = self.cfg.checkpoint_interval_s
+        return [
+            tp for tp in self.stores if now - self._last_checkpoint.setdefault(tp, now) >= interval
+        ]
+
+    def _checkpoint(
+        self, producer: KafkaProducer, tps: Iterable[TopicPartition] | None = None
+    ) -> None:
         t0 = time.perf_counter()
-        for tp, store in self.stores.items():
+        for tp in list(self.stores) if tps is None else tps:
+            store = self.stores[tp]
             self._sweep_idle(store)
             for series in store.dirty:
                 value = encode_series(store.series[series], self.layout, store.touched[series])
@@ -384,7 +397,7 @@ class StreamProcessor:
             )
             store.dirty.clear()
             store.evicted.clear()
-        self._last_checkpoint = time.monotonic()
+            self._last_checkpoint[tp] = time.monotonic()
         self.metrics.checkpoints += 1
         self.metrics.checkpoint_seconds = time.perf_counter() - t0
 
@@ -402,6 +415,9 @@ class StreamProcessor:
                 )
                 store = self._rewarm(store)
             self.stores[tp] = store
+            # Stagger the partitions' checkpoints over the interval (golden-ratio phases).
+            phase = (tp.partition * 0.6180339887) % 1.0
+            self._last_checkpoint[tp] = time.monotonic() - phase * self.cfg.checkpoint_interval_s
             replayed = 0
             if committed is not None and (start is None or start < committed):
                 replayed = self._replay(tp, start, committed)
@@ -511,7 +527,8 @@ class StreamProcessor:
         self.layout = new_layout
         for store in self.stores.values():
             store.dirty = set(store.series)
-        self._last_checkpoint = 0.0  # the next transaction checkpoints under the new model
+        for tp in self.stores:  # the next transaction checkpoints every partition, new model
+            self._last_checkpoint[tp] = float("-inf")
         self.metrics.model_swaps += 1
         log.info(
             "model %s -> %s (state %s)", old.label, model.label, "kept" if kept else "re-warmed"
