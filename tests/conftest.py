@@ -45,3 +45,20 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """`reliability(Trial(...))` records this test's row of docs/RELIABILITY.md."""
+    from tests.reliability import Trial, record
+
+    def _record(trial: Trial) -> None:
+        record(request.node.nodeid, trial)
+
+    return _record
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.reliability import write_report
+
+    write_report()
