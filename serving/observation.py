@@ -4,7 +4,8 @@ Value (JSON, UTF-8):
     {"series": str, "ts": ISO-8601, "values": {channel: number | null},
      "covariates": {name: number}}
 A channel left out or null is missing (the model steps with its mask). Naive timestamps are taken
-as they are, like the training data; aware ones are converted to UTC. Decoding never raises: a bad
+as they are, like the training data; aware ones are converted to UTC; both must lie in the years
+1678-2261 (int64 nanoseconds). Decoding never raises: a bad
 record becomes a `Rejection` with a reason, which the consumer dead-letters.
 """
 
@@ -18,9 +19,20 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 
-__all__ = ["Observation", "ObservationSpec", "Rejection", "decode_observation", "parse_timestamp"]
+__all__ = [
+    "SERIES_ID",
+    "TS_MAX",
+    "TS_MIN",
+    "Observation",
+    "ObservationSpec",
+    "Rejection",
+    "decode_observation",
+    "parse_timestamp",
+]
 
 _F32_MAX = float(np.finfo(np.float32).max)
+# Timestamps are int64 nanoseconds, which span 1677-09-21 .. 2262-04-11; whole years inside that.
+TS_MIN, TS_MAX = datetime(1678, 1, 1), datetime(2262, 1, 1)
 SERIES_ID = re.compile(r"^[A-Za-z0-9._:/@=+-]{1,256}$")
 
 
@@ -52,15 +64,18 @@ class Rejection:
 
 
 def parse_timestamp(text: object) -> int | None:
-    """ISO-8601 -> ns since the epoch, or None when it is not one."""
+    """ISO-8601 -> ns since the epoch, or None when it is not one or lies outside 1678-2261
+    (beyond that, int64 nanoseconds would wrap around silently)."""
     if not isinstance(text, str) or not 10 <= len(text) <= 40:
         return None
     try:
         stamp = datetime.fromisoformat(text)
-    except ValueError:
+        if stamp.tzinfo is not None:
+            stamp = stamp.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # year 1 with a positive offset overflows
         return None
-    if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(UTC).replace(tzinfo=None)
+    if not TS_MIN <= stamp < TS_MAX:
+        return None
     return int(np.datetime64(stamp, "ns").astype(np.int64))
 
 
@@ -104,7 +119,9 @@ def decode_observation(
         return Rejection("key_mismatch", "the record key must equal the series id")
     ts = parse_timestamp(doc.get("ts"))
     if ts is None:
-        return Rejection("bad_timestamp", "ts must be an ISO-8601 date-time string")
+        return Rejection(
+            "bad_timestamp", "ts must be an ISO-8601 date-time string in the years 1678-2261"
+        )
     values = doc.get("values")
     if not isinstance(values, dict):
         return Rejection("bad_values", "values must be an object {channel: number | null}")

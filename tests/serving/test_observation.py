@@ -4,13 +4,21 @@ no input makes it raise."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.observation import Observation, ObservationSpec, Rejection, decode_observation
+from serving.observation import (
+    TS_MAX,
+    TS_MIN,
+    Observation,
+    ObservationSpec,
+    Rejection,
+    decode_observation,
+)
 
 SPEC = ObservationSpec(channels=("a", "b"), static_covariates=("elev",), max_bytes=512)
 
@@ -52,6 +60,11 @@ def test_good_record() -> None:
         (json.dumps(good(series=5)).encode(), "bad_series"),
         (json.dumps(good(ts="yesterday")).encode(), "bad_timestamp"),
         (json.dumps(good(ts=1700000000)).encode(), "bad_timestamp"),
+        # Beyond int64 nanoseconds: once wrapped around silently (9999 -> 1816), or raised.
+        (json.dumps(good(ts="9999-12-31T00:00:00")).encode(), "bad_timestamp"),
+        (json.dumps(good(ts="0001-01-01T00:00:00")).encode(), "bad_timestamp"),
+        (json.dumps(good(ts="0001-01-01T00:00:00+01:00")).encode(), "bad_timestamp"),
+        (json.dumps(good(ts="9999-12-31T23:00:00-05:00")).encode(), "bad_timestamp"),
         (json.dumps(good(values=[1, 2])).encode(), "bad_values"),
         (json.dumps(good(values={"zzz": 1})).encode(), "unknown_channel"),
         (json.dumps(good(values={"a": "1.5"})).encode(), "bad_value"),
@@ -103,7 +116,7 @@ def test_decoder_never_raises(raw: bytes) -> None:
         st.sampled_from(["a", "b"]),
         st.none() | st.floats(allow_nan=False, allow_infinity=False, width=32),
     ),
-    st.datetimes(),
+    st.datetimes(min_value=datetime(1678, 1, 1), max_value=datetime(2261, 12, 31)),
 )
 def test_decoder_accepts_every_well_formed_record(
     values: dict[str, float | None], when: object
@@ -111,3 +124,27 @@ def test_decoder_accepts_every_well_formed_record(
     doc = {"series": "s", "ts": when.isoformat(), "values": values, "covariates": {"elev": 1}}  # type: ignore[attr-defined]
     out = decode_observation(json.dumps(doc).encode(), None, SPEC)
     assert isinstance(out, Observation), out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(),
+    st.none() | st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m))),
+)
+def test_every_timestamp_is_exact_or_rejected(when: datetime, tz: timezone | None) -> None:
+    """Any date-time, naive or with any offset: the exact instant in ns, or `bad_timestamp` when
+    it lies outside the years 1678-2261; never a wrapped-around value, never an exception."""
+    stamp = when.replace(tzinfo=tz)
+    out = decode_observation(json.dumps(good(ts=stamp.isoformat())).encode(), None, SPEC)
+    try:
+        naive = stamp if tz is None else stamp.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        naive = None
+    if naive is None or not TS_MIN <= naive < TS_MAX:
+        assert isinstance(out, Rejection) and out.reason == "bad_timestamp", out
+        return
+    assert isinstance(out, Observation), out
+    epoch = datetime(1970, 1, 1)
+    delta = naive - epoch
+    want = (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    assert out.ts == want
