@@ -21,7 +21,16 @@ from serving.observation import SERIES_ID, Observation, decode_observation
 from serving.update import Forecast, StreamModel, update
 from tests.reliability import Trial
 from tests.serving.conftest import CHANNELS, small_stream_model
-from tests.serving.rest_client import AUTH, Reply, call, documented_error, make_app, run_recorded
+from tests.serving.rest_client import (
+    AUTH,
+    TOKEN,
+    Reply,
+    call,
+    documented_error,
+    fuzz_openapi,
+    make_app,
+    run_recorded,
+)
 
 MAX_HISTORY = 40
 START = datetime(2024, 3, 1)
@@ -251,3 +260,28 @@ def test_series_path_and_paging_query(
         "GET /v1/series/{id}/forecast (any text as id, percent-encoded) and GET /v1/series "
         "(any offset/limit) in-process",
     )
+
+
+def test_openapi_fuzz_in_process(model: StreamModel, reliability: Callable[[Trial], None]) -> None:
+    """schemathesis from the app's own OpenAPI, in-process (/healthz is left out: the view here
+    has no consumer, so it is rightly 503; tests/serving/test_app.py fuzzes it behind Serve)."""
+    import schemathesis
+
+    app, _ = make_app(model)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/healthz")
+    stats: Counter[str] = Counter()
+    failures = fuzz_openapi(schema, 30, stats, headers={"Authorization": f"Bearer {TOKEN}"})
+    seen = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k != "tried")
+    reliability(
+        Trial(
+            area="bad input",
+            what="schemathesis, in-process, every operation of /openapi.json (fitting and "
+            "schema-breaking data)",
+            times=stats["tried"],
+            events=stats["tried"],
+            lost=None,
+            duplicated=None,
+            outcome=f"pass: {seen}" if not failures else f"FAIL: {failures[0][0]}",
+        )
+    )
+    assert not failures, "\n\n".join(f"{op}: {msg}" for op, msg in failures)
