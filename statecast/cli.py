@@ -1,6 +1,7 @@
 """`statecast` command line: thin wrappers over library functions.
 
-statecast demo        train a small model on the bundled ETTh1 CSV, stream it, print forecasts
+statecast demo        the product on one machine: Kafka, MLflow UI, train, serve, a live replay
+statecast quickstart  train a small model on the bundled ETTh1 CSV and forecast, no services
 statecast train       train on Ray, track in MLflow, optionally register (champion alias)
 statecast evaluate    score a logged or registered model under the standard protocol (JSON)
 statecast submit      run `statecast train ...` as a Ray job on a cluster, print the job id
@@ -26,10 +27,38 @@ __all__ = ["build_parser", "main"]
 
 def _demo(args: argparse.Namespace) -> int:
     from forecast import KINDS
-    from pipelines.quickstart import QuickstartConfig, run_quickstart
+    from statecast.demo import DemoConfig, run_demo
 
     if args.model not in KINDS:
         raise SystemExit(f"statecast demo: --model must be one of {KINDS}")
+    cfg = DemoConfig(
+        data=Path(args.data) if args.data else DemoConfig.data,
+        kind=args.model,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        d_model=args.d_model,
+        rate=args.rate,
+        replay_limit=args.replay_limit,
+        bootstrap_servers=args.bootstrap_servers,
+        kafka_port=args.kafka_port,
+        rest_port=args.rest_port,
+        ui_port=args.ui_port,
+        hold=not args.exit_after_replay,
+        progress=not args.no_progress,
+    )
+    try:
+        return run_demo(cfg)
+    except RuntimeError as e:
+        print(f"statecast demo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from forecast import KINDS
+    from pipelines.quickstart import QuickstartConfig, run_quickstart
+
+    if args.model not in KINDS:
+        raise SystemExit(f"statecast quickstart: --model must be one of {KINDS}")
     cfg = QuickstartConfig(
         data=Path(args.data) if args.data else QuickstartConfig.data,
         kind=args.model,
@@ -264,15 +293,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train a small model on the bundled ETTh1 CSV and forecast")
-    demo.add_argument(
-        "--model", default="selective_ssm", help="diagonal_ssm, selective_ssm or rwkv7"
+    demo = sub.add_parser(
+        "demo", help="Kafka + MLflow UI + train + Ray Serve + a live replay of ETTh1; Ctrl-C stops"
     )
-    demo.add_argument("--data", default=None, help="a benchmark-style CSV (default: bundled ETTh1)")
-    demo.add_argument("--steps", type=int, default=150, help="training steps")
-    demo.add_argument("--horizon", type=int, default=24)
+    demo.add_argument("--model", default="selective_ssm", help="diagonal_ssm, selective_ssm, rwkv7")
+    demo.add_argument("--data", default=None, help="an ETT-style CSV (default: bundled ETTh1)")
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--steps-per-epoch", type=int, default=100)
+    demo.add_argument("--d-model", type=int, default=32)
+    demo.add_argument("--rate", type=float, default=20.0, help="observations/s (0 = unlimited)")
+    demo.add_argument("--replay-limit", type=int, default=0, help="at most this many (0 = all)")
+    demo.add_argument(
+        "--bootstrap-servers", default=None, help="a running Kafka (default: start a local one)"
+    )
+    demo.add_argument("--kafka-port", type=int, default=9092)
+    demo.add_argument("--rest-port", type=int, default=8000)
+    demo.add_argument("--ui-port", type=int, default=5000)
+    demo.add_argument(
+        "--exit-after-replay", action="store_true", help="stop once the replay is forecast"
+    )
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(fn=_demo)
+
+    qs = sub.add_parser("quickstart", help="train a small model on the bundled CSV; no services")
+    qs.add_argument("--model", default="selective_ssm", help="diagonal_ssm, selective_ssm or rwkv7")
+    qs.add_argument("--data", default=None, help="a benchmark-style CSV (default: bundled ETTh1)")
+    qs.add_argument("--steps", type=int, default=150, help="training steps")
+    qs.add_argument("--horizon", type=int, default=24)
+    qs.add_argument("--no-progress", action="store_true")
+    qs.set_defaults(fn=_quickstart)
 
     def data_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", required=True, help="CSV, Parquet, NetCDF (.nc) or Zarr (.zarr)")

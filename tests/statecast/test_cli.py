@@ -10,13 +10,13 @@ import pytest
 
 
 @pytest.mark.parametrize("kind", ["diagonal_ssm", "rwkv7"])
-def test_demo_trains_and_forecasts(kind: str) -> None:
+def test_quickstart_trains_and_forecasts(kind: str) -> None:
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "statecast",
-            "demo",
+            "quickstart",
             "--model",
             kind,
             "--steps",
@@ -38,9 +38,9 @@ def test_demo_trains_and_forecasts(kind: str) -> None:
         assert len(re.findall(r"-?\d+\.\d\d/-?\d+\.\d\d/-?\d+\.\d\d", line)) == 3
 
 
-def test_demo_rejects_unknown_model() -> None:
+def test_quickstart_rejects_unknown_model() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "statecast", "demo", "--model", "lstm"],
+        [sys.executable, "-m", "statecast", "quickstart", "--model", "lstm"],
         capture_output=True,
         text=True,
         timeout=120,
