@@ -322,7 +322,7 @@ def _plot(
     if t_f:
         ax.plot(t_f, mid, color="tab:blue", lw=1.2, label=f"forecast {ahead} h ahead (median)")
         ax.fill_between(t_f, lo, hi, color="tab:blue", alpha=0.25, label="10-90% band")
-    ax.axvline(np.datetime64(unseen), color="0.5", ls="--", lw=1, label="end of the test period")
+    ax.axvline(np.datetime64(unseen), color="0.5", ls="--", lw=1, label="end of the test period")  # type: ignore[arg-type]
     ax.set_title(f"statecast demo: live forecasts of {channel}, streamed from Kafka")
     ax.legend(loc="upper left")
     fig.autofmt_xdate()
