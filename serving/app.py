@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -257,6 +257,8 @@ class ForecastService:
 
     def __init__(self, model: StreamModel, view: LatestForecasts, args: AppArgs, token: str = ""):
         self.model = model
+        # The stream's record limit applies to each history entry as well.
+        self.spec = replace(model.spec, max_bytes=args.max_record_bytes)
         self.view = view
         self.args = args
         self.token = token
@@ -299,7 +301,7 @@ class ForecastService:
                     "values": o.values,
                     "covariates": o.covariates,
                 }
-                got = decode_observation(json.dumps(doc).encode(), None, m.spec)
+                got = decode_observation(json.dumps(doc).encode(), None, self.spec)
                 if isinstance(got, Rejection):
                     histories.append(HistoryError(k, got))
                     break

@@ -71,26 +71,60 @@ def encode_series(state: SeriesState, layout: str, offset: int) -> bytes:
     return bytes(st_save(tensors, metadata=meta))
 
 
-def decode_series(raw: bytes) -> tuple[SeriesState, str, int]:
-    """-> (state, layout id it was written under, offset). Raises ValueError on anything else."""
+def decode_series(
+    raw: bytes, layout: str | None = None, width: int | None = None
+) -> tuple[SeriesState, str, int]:
+    """-> (state, layout id it was written under, offset). Bytes from outside are data: parsed
+    as safetensors (a JSON header and raw little-endian arrays, nothing executed), then checked
+    field by field. Anything else (pickle, truncated, forged sizes, wrong version, dtypes or
+    shapes, and with `layout` / `width` given, another model's state) raises ValueError."""
     try:
         tensors = st_load(raw)
-
         n = int.from_bytes(raw[:8], "little")
-        meta = json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, RuntimeError, UnicodeDecodeError) as e:
+        header = json.loads(raw[8 : 8 + n])
+    except (SafetensorError, ValueError, RuntimeError, UnicodeDecodeError, TypeError) as e:
         raise ValueError(f"not a series checkpoint: {e}") from e
+    meta = header.get("__metadata__") or {}
     if meta.get("format") != SERIES_FORMAT or meta.get("version") != SERIES_VERSION:
         raise ValueError("not a statecast series checkpoint of this version")
     need = {"hidden", "recent_ts", "recent_values", "recent_static"}
     if set(tensors) != need:
         raise ValueError(f"series checkpoint holds {sorted(tensors)}, expected {sorted(need)}")
+    hidden, rts = tensors["hidden"], tensors["recent_ts"]
+    rv, rs = tensors["recent_values"], tensors["recent_static"]
+    kinds = (hidden.dtype, rts.dtype, rv.dtype, rs.dtype)
+    if hidden.dtype not in (torch.float32, torch.float64) or kinds[1:] != (
+        torch.int64,
+        torch.float32,
+        torch.float32,
+    ):
+        raise ValueError(f"series checkpoint has dtypes {kinds}")
+    rows = rts.shape[0] if rts.dim() == 1 else -1
+    if (
+        hidden.dim() != 1
+        or rv.dim() != 2
+        or rs.dim() != 2
+        or not rows == rv.shape[0] == rs.shape[0]
+    ):
+        raise ValueError(
+            f"series checkpoint shapes {[list(t.shape) for t in (hidden, rts, rv, rs)]} do not fit"
+        )
+    if width is not None and hidden.shape[0] != width:
+        raise ValueError(f"series state has {hidden.shape[0]} values; the model's has {width}")
+    if layout is not None and meta.get("layout") != layout:
+        raise ValueError(f"series state is of layout {meta.get('layout')!r}, not {layout!r}")
+    try:
+        last_ts, steps, offset = (int(meta[k]) for k in ("last_ts", "steps", "offset"))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"series checkpoint metadata: {e!r}") from e
+    if not all(-(2**63) <= v < 2**63 for v in (last_ts, steps, offset)) or steps < 0:
+        raise ValueError("series checkpoint metadata out of range")
     state = SeriesState(
-        hidden=tensors["hidden"],
-        last_ts=int(meta["last_ts"]),
-        steps=int(meta["steps"]),
-        recent_ts=tensors["recent_ts"].numpy().astype(np.int64),
-        recent_values=tensors["recent_values"].numpy().astype(np.float32),
-        recent_static=tensors["recent_static"].numpy().astype(np.float32),
+        hidden=hidden,
+        last_ts=last_ts,
+        steps=steps,
+        recent_ts=rts.numpy(),
+        recent_values=rv.numpy(),
+        recent_static=rs.numpy(),
     )
-    return state, str(meta.get("layout")), int(meta["offset"])
+    return state, str(meta.get("layout")), offset
