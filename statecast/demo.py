@@ -205,6 +205,27 @@ def _fresh_topics(bootstrap: str, topics: list[str], group: str) -> None:
         admin.close()
 
 
+def _start_ray(attempts: int = 3) -> None:
+    """A local Ray (or RAY_ADDRESS's cluster), quiet: the workers' logs go to Ray's log folder.
+    Ray gives a new node 30 s to register, which a busy 2-core machine can miss: try again."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                address=settings.ray_address(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+            return
+        except Exception as e:  # Ray raises a bare Exception for this timeout
+            ray.shutdown()
+            if attempt == attempts:
+                raise RuntimeError(f"Ray did not start: {e}") from e
+            _say(f"Ray did not start ({e}); trying again")
+
+
 def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -401,16 +422,8 @@ def run_demo(cfg: DemoConfig) -> int:
         _create_topic(bootstrap, cfg.in_topic, partitions=2)
         ui = services.start_ui(cfg.ui_port)
         _say(f"MLflow UI at {ui} (store {settings.tracking_uri()})")
-        import ray
-
         services.ray = True
-        # A local Ray (or RAY_ADDRESS's cluster), quiet: the workers' logs go to its log folder.
-        ray.init(
-            address=settings.ray_address(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+        _start_ray()
         _train(cfg)
         signal.signal(signal.SIGTERM, on_term)  # ray.init installs its own; the demo's cleans up
 
