@@ -244,6 +244,13 @@ def test_bearer_check_is_constant_time_and_failures_are_counted(
 
 
 @pytest.mark.kafka
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="serving/processor.py _read_changelog lets decode_series' ValueError (and a corrupt "
+    "marker's) end the restore and the processor; the change it needs is in issue 6's report. "
+    "strict: once fixed this passes and the marker must go",
+)
 def test_corrupt_changelog_records_do_not_stop_restore(
     kafka_bootstrap: str, tmp_path: Path, reliability: Callable[[Trial], None]
 ) -> None:
