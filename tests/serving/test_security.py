@@ -334,3 +334,55 @@ def test_corrupt_changelog_records_do_not_stop_restore(
     assert not executed
     assert error is None, f"restore stopped the processor: {error!r}"
     assert forecast_new == len(more)
+
+
+def test_model_pickle_in_the_registry_is_never_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reliability: Callable[[Trial], None]
+) -> None:
+    """A registered model whose pyfunc pickle has been replaced by one that runs code: the
+    service loads the model from the registry (config.json + safetensors) and the pickle's code
+    never runs. A URI that is neither registry, run nor folder is refused."""
+    import mlflow
+
+    from serving.model_source import load_stream_model, resolve
+    from tests.serving.kafka_helpers import save_model
+    from tests.serving.test_app import _register
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.create_experiment("sec", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("sec")
+    m = small_stream_model()
+    _register(save_model(m, tmp_path / "v1"))
+    pickles = sorted((tmp_path / "artifacts").rglob("*.pkl"))
+    for p in pickles:
+        p.write_bytes(pickle.dumps(_Touch(tmp_path / "pwned")))
+    loaded = load_stream_model(resolve("models:/stream-test@champion"), tmp_path / "dl")
+    executed = [p.name for p in tmp_path.iterdir() if p.name.startswith("pwned")]
+    same = all(
+        torch.equal(a, b)
+        for a, b in zip(
+            loaded.model.state_dict().values(), m.model.state_dict().values(), strict=True
+        )
+    )
+    with pytest.raises(ValueError, match="expected models:/NAME@ALIAS"):
+        resolve("https://example.invalid/model.pkl")
+    reliability(
+        Trial(
+            area="security",
+            what="registered model's pyfunc pickle replaced by one that runs code, then loaded "
+            "by the service",
+            times=len(pickles),
+            events=1,
+            lost=None,
+            duplicated=None,
+            outcome=(
+                f"pass: {len(pickles)} pickle(s) replaced, model loaded from safetensors "
+                "(weights equal), no code ran"
+                if pickles and same and not executed
+                else f"FAIL: pickles {len(pickles)}, weights equal {same}, ran {executed}"
+            ),
+        )
+    )
+    assert pickles, "the registry holds no pickle: nothing was tested"
+    assert not executed and same
