@@ -25,6 +25,7 @@ class ProcessorMetrics:
     evictions: int = 0
     checkpoints: int = 0
     checkpoint_seconds: float = 0.0
+    checkpoint_failures: int = 0
     restores: int = 0
     transaction_failures: int = 0
     model_swaps: int = 0
@@ -62,6 +63,7 @@ class ProcessorMetrics:
             "evictions": self.evictions,
             "checkpoints": self.checkpoints,
             "checkpoint_seconds": self.checkpoint_seconds,
+            "checkpoint_failures": self.checkpoint_failures,
             "restores": self.restores,
             "transaction_failures": self.transaction_failures,
             "model_swaps": self.model_swaps,
@@ -89,6 +91,12 @@ def render_prometheus(snapshots: dict[str, dict[str, object]]) -> str:
         ("statecast_forecasts_total", "counter", "forecasts", "Forecasts produced"),
         ("statecast_evictions_total", "counter", "evictions", "Series evicted (idle or capacity)"),
         ("statecast_checkpoints_total", "counter", "checkpoints", "State checkpoints committed"),
+        (
+            "statecast_checkpoint_failures_total",
+            "counter",
+            "checkpoint_failures",
+            "Checkpoints the changelog topic refused (retried with backoff)",
+        ),
         ("statecast_restores_total", "counter", "restores", "Partitions restored"),
         (
             "statecast_transaction_failures_total",

@@ -9,7 +9,9 @@ One loop per replica:
          -> every `checkpoint_interval_s`: send changed series states + offset markers
          -> send the consumed offsets to the transaction, commit.
 Any Kafka error inside a transaction aborts it and rewinds: in-memory state is rebuilt from the
-changelog and the committed offsets, so nothing is lost or produced twice.
+changelog and the committed offsets, so nothing is lost or produced twice. A checkpoint that the
+changelog refuses (`CheckpointError`) is logged, counted, and retried with backoff; while it fails
+every transaction carries it, so no offset is committed past the last durable checkpoint's interval.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from serving.metrics import ProcessorMetrics
 from serving.observation import Observation, Rejection, decode_observation
 from serving.update import Forecast, SeriesState, StreamModel, update_batch
 
-__all__ = ["ProcessorConfig", "StreamProcessor", "forecast_message"]
+__all__ = ["CheckpointError", "ProcessorConfig", "StreamProcessor", "forecast_message"]
 
 log = logging.getLogger("statecast.serving")
 
@@ -56,6 +58,13 @@ class ProcessorConfig:
     idle_records: int = 1_000_000  # a series silent for this many records of its partition restarts
     max_series_per_partition: int = 200_000
     transaction_timeout_ms: int = 30_000
+    # Static group membership (group.instance.id = the transactional id): a process restarted in
+    # place with the same instance gets its partitions back at once instead of after the session
+    # timeout (45 s); one that goes away for good holds them until that timeout. Off for Serve,
+    # whose replicas come and go.
+    static_membership: bool = False
+    # Backoff cap after failed transactions (a refused checkpoint, a broker error): 0.5 s doubling.
+    retry_max_s: float = 30.0
     # Passed through to every kafka-python client: security_protocol, sasl_*, ssl_* ...
     kafka_options: tuple[tuple[str, Any], ...] = ()
 
@@ -138,6 +147,10 @@ class PartitionStore:
 Send = Callable[[str, bytes, bytes | None, int | None], None]
 
 
+class CheckpointError(KafkaError):
+    """The changelog topic refused (part of) a checkpoint; the transaction must abort."""
+
+
 class StreamProcessor:
     def __init__(
         self, cfg: ProcessorConfig, model: StreamModel, metrics: ProcessorMetrics | None = None
@@ -152,6 +165,9 @@ class StreamProcessor:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self.error: BaseException | None = None
+        self._changelog_sends: list[Any] = []  # futures of the checkpoint in this transaction
+        self._retry_at = 0.0  # monotonic time before which no transaction is tried
+        self._retry_s = 0.0  # current backoff; 0 while transactions succeed
 
     # ---- clients -------------------------------------------------------------------------
     def _options(self) -> dict[str, Any]:
@@ -179,11 +195,15 @@ class StreamProcessor:
         finally:
             admin.close()
 
+    @property
+    def _transactional_id(self) -> str:
+        return f"{self.cfg.group_id}-{self.cfg.instance}"
+
     def _open(self) -> None:
         opts = self._options()
         self._producer = KafkaProducer(
             **opts,
-            transactional_id=f"{self.cfg.group_id}-{self.cfg.instance}",
+            transactional_id=self._transactional_id,
             transaction_timeout_ms=self.cfg.transaction_timeout_ms,
             # Large batches: the commit at the end of each poll flushes them anyway, and every new
             # batch wakes kafka-python's IO thread (a socket write), which dominated at 16 KiB.
@@ -192,8 +212,10 @@ class StreamProcessor:
             max_request_size=8 * 1024 * 1024,
         )
         self._producer.init_transactions()
+        static = {"group_instance_id": self._transactional_id} if self.cfg.static_membership else {}
         self._consumer = KafkaConsumer(
             **opts,
+            **static,
             group_id=self.cfg.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -223,6 +245,12 @@ class StreamProcessor:
 
     def poll_once(self) -> int:
         assert self._consumer is not None and self._producer is not None
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            # Backing off after a failed transaction: sleep in short steps (so a stop is seen
+            # within one poll timeout) rather than spin; the group heartbeat has its own thread.
+            time.sleep(min(wait, self.cfg.poll_timeout_ms / 1000))
+            return 0
         polled = self._consumer.poll(
             timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records
         )
@@ -243,8 +271,10 @@ class StreamProcessor:
             n = self.process(
                 polled, send=lambda t, k, v, p: producer.send(t, key=k, value=v, partition=p)
             )
+            self._changelog_sends = []
             if due:
                 self._checkpoint(producer, due)
+                self._confirm_checkpoint(producer)
             offsets = {
                 tp: OffsetAndMetadata(self.stores[tp].next_offset, "", -1)
                 for tp in {*polled, *due}
@@ -254,7 +284,14 @@ class StreamProcessor:
                 producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
             producer.commit_transaction()
         except KafkaError as e:
-            log.warning("transaction failed (%s); aborting and rewinding to the last commit", e)
+            # A refused checkpoint record can surface anywhere after it (a later send, the
+            # flush, the commit): the checkpoint's own futures say whether it was the cause.
+            refused = self._refused_checkpoint(e)
+            if refused is not None:
+                self._checkpoint_failed(refused)
+            else:
+                log.warning("transaction failed (%s); aborting and rewinding to the last commit", e)
+            self._back_off()
             self.metrics.transaction_failures += 1
             try:
                 producer.abort_transaction()
@@ -265,7 +302,62 @@ class StreamProcessor:
                 return 0
             self._rewind()
             return 0
+        if due:
+            # The clock restarts only once the checkpoint is durable (see _rewind).
+            now = time.monotonic()
+            for tp in due:
+                self._last_checkpoint[tp] = now
+            self.metrics.checkpoints += 1
+            if self.metrics.checkpoint_failures and self._retry_s:
+                refusals = self.metrics.checkpoint_failures
+                log.info("checkpoint written again (%d refusals so far)", refusals)
+        self._retry_s = 0.0
         return n
+
+    def _confirm_checkpoint(self, producer: KafkaProducer) -> None:
+        """Wait until the broker has taken every checkpoint record of this transaction; raise
+        CheckpointError if it refused any. Done before the commit because kafka-python 3.0 can
+        block forever in `commit_transaction` when a record fails after its batch was split
+        (e.g. a record over the topic's max.message.bytes); flushed first, the failure surfaces
+        here and the transaction aborts cleanly."""
+        producer.flush(timeout=self.cfg.transaction_timeout_ms / 1000)
+        refused = self._refused_checkpoint(None)
+        if refused is not None:
+            raise refused
+
+    def _refused_checkpoint(self, cause: KafkaError | None) -> CheckpointError | None:
+        """A CheckpointError naming what the broker said, if a checkpoint record of this
+        transaction failed; None if there was no checkpoint or it went through."""
+        if isinstance(cause, CheckpointError):
+            return cause
+        sends = self._changelog_sends
+        failed = [f for f in sends if f.failed()]
+        if not failed:
+            return None
+        errors = {type(f.exception).__name__ for f in failed}
+        # kafka-python wraps the broker's error in the error of the call that ran into it.
+        errors.update(
+            type(a).__name__ for a in (cause.args if cause else ()) if isinstance(a, Exception)
+        )
+        return CheckpointError(
+            f"{len(failed)} of {len(sends)} checkpoint records refused by the changelog topic "
+            f"{self.cfg.changelog!r} ({', '.join(sorted(errors))})"
+        )
+
+    def _back_off(self) -> None:
+        """After a failed transaction: wait 0.5 s, doubling per consecutive failure up to
+        retry_max_s, before the next one (poll_once sleeps it off in short steps)."""
+        self._retry_s = min(max(self._retry_s * 2, 0.5), self.cfg.retry_max_s)
+        self._retry_at = time.monotonic() + self._retry_s
+
+    def _checkpoint_failed(self, e: CheckpointError) -> None:
+        self.metrics.checkpoint_failures += 1
+        log.error(
+            "checkpoint failed: %s. Nothing of this transaction is committed: offsets stay at the "
+            "last durable checkpoint; retrying with backoff (up to %.0f s)",
+            e,
+            self.cfg.retry_max_s,
+        )
 
     def process(self, polled: dict[TopicPartition, list[Any]], send: Send | None) -> int:
         """Step every record of `polled`; `send` is None while replaying (no output)."""
@@ -382,23 +474,31 @@ class StreamProcessor:
         for tp in list(self.stores) if tps is None else tps:
             store = self.stores[tp]
             self._sweep_idle(store)
+            sends = self._changelog_sends
             for series in store.dirty:
                 value = encode_series(store.series[series], self.layout, store.touched[series])
-                producer.send(
-                    self.cfg.changelog, key=series.encode(), value=value, partition=tp.partition
+                sends.append(
+                    producer.send(
+                        self.cfg.changelog, key=series.encode(), value=value, partition=tp.partition
+                    )
                 )
             for series in store.evicted:
-                producer.send(
-                    self.cfg.changelog, key=series.encode(), value=None, partition=tp.partition
+                sends.append(
+                    producer.send(
+                        self.cfg.changelog, key=series.encode(), value=None, partition=tp.partition
+                    )
                 )
             marker = Marker(store.next_offset, self.model.label, self.layout)
-            producer.send(
-                self.cfg.changelog, key=MARKER_KEY, value=marker.to_bytes(), partition=tp.partition
+            sends.append(
+                producer.send(
+                    self.cfg.changelog,
+                    key=MARKER_KEY,
+                    value=marker.to_bytes(),
+                    partition=tp.partition,
+                )
             )
             store.dirty.clear()
             store.evicted.clear()
-            self._last_checkpoint[tp] = time.monotonic()
-        self.metrics.checkpoints += 1
         self.metrics.checkpoint_seconds = time.perf_counter() - t0
 
     def restore(self, tps: Iterable[TopicPartition]) -> None:
@@ -490,8 +590,14 @@ class StreamProcessor:
     def _rewind(self) -> None:
         assert self._consumer is not None
         tps = list(self.stores)
+        # Keep each partition's checkpoint clock: a checkpoint that was due (and perhaps refused)
+        # stays due, so the next transaction carries it again rather than committing offsets
+        # further past the last durable one.
+        clocks = {tp: self._last_checkpoint[tp] for tp in tps if tp in self._last_checkpoint}
         self.stores.clear()
+        self._changelog_sends = []
         self.restore(tps)
+        self._last_checkpoint.update(clocks)
 
     def _rewarm(self, store: PartitionStore) -> PartitionStore:
         from serving.hot_swap import rewarm

@@ -144,6 +144,12 @@ def add_processor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-series-per-partition", type=int, default=200_000)
     p.add_argument("--model-poll", type=float, default=30.0, help="seconds between alias checks")
     p.add_argument(
+        "--static-membership",
+        action="store_true",
+        help="group.instance.id = GROUP-INSTANCE: a restart in place takes its partitions back "
+        "at once (not after the 45 s session timeout)",
+    )
+    p.add_argument(
         "--kafka-option",
         action="append",
         default=[],
@@ -180,6 +186,7 @@ def processor_config(args: argparse.Namespace, instance: str) -> ProcessorConfig
         max_poll_records=args.max_poll_records,
         idle_records=args.idle_records,
         max_series_per_partition=args.max_series_per_partition,
+        static_membership=bool(getattr(args, "static_membership", False)),
         kafka_options=tuple(sorted(kafka_options(args.kafka_option).items())),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from forecast.artifact import save_forecaster
 from serving.observation import Observation
-from serving.update import Forecast, StreamModel, update
+from serving.update import Forecast, SeriesState, StreamModel, update, update_batch
 from tests.serving.conftest import CHANNELS, HOUR, T0
 
 
@@ -122,23 +123,110 @@ def read_committed(
     return out
 
 
+def _decoded(m: StreamModel, docs: list[dict[str, object]]) -> list[Observation]:
+    from serving.observation import decode_observation
+
+    out = []
+    for doc in docs:
+        obs = decode_observation(json.dumps(doc).encode(), None, m.spec)
+        assert isinstance(obs, Observation)
+        out.append(obs)
+    return out
+
+
 def offline_forecasts(
     m: StreamModel, docs: list[dict[str, object]]
 ) -> dict[tuple[str, str], Forecast]:
     """The same observations through `update` one series and one step at a time."""
-    from serving.observation import ObservationSpec, decode_observation
-
-    spec: ObservationSpec = m.spec
-    states: dict[str, object] = {}
+    states: dict[str, SeriesState] = {}
     out = {}
-    for doc in docs:
-        obs = decode_observation(json.dumps(doc).encode(), None, spec)
-        assert isinstance(obs, Observation)
-        state, f = update(m, states.get(obs.series), obs)  # type: ignore[arg-type]
+    for doc, obs in zip(docs, _decoded(m, docs), strict=True):
+        state, f = update(m, states.get(obs.series), obs)
+        assert isinstance(f, Forecast) and state is not None
         states[obs.series] = state
-        assert isinstance(f, Forecast)
         out[(obs.series, str(doc["ts"]))] = f
     return out
+
+
+def offline_forecasts_batched(
+    m: StreamModel, docs: list[dict[str, object]]
+) -> dict[tuple[str, str], Forecast]:
+    """As `offline_forecasts`, but round r steps the r-th observation of every series as one
+    batch (`update_batch`): 100x faster at 1,000 series, and equal to one-at-a-time to ~1e-12 in
+    float64 (test_faults checks that on a slice)."""
+    queues: dict[str, list[tuple[str, Observation]]] = {}
+    for doc, obs in zip(docs, _decoded(m, docs), strict=True):
+        queues.setdefault(obs.series, []).append((str(doc["ts"]), obs))
+    states: dict[str, SeriesState] = {}
+    out = {}
+    r = 0
+    while True:
+        heads = [(s, q[r]) for s, q in queues.items() if r < len(q)]
+        if not heads:
+            return out
+        results = update_batch(m, [states.get(s) for s, _ in heads], [o for _, (_, o) in heads])
+        for (series, (ts, _)), (state, f) in zip(heads, results, strict=True):
+            assert isinstance(f, Forecast) and state is not None
+            states[series] = state
+            out[(series, ts)] = f
+        r += 1
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What a read_committed subscriber saw against the offline run."""
+
+    expected: int
+    got: int
+    lost: int  # observations without a forecast
+    duplicated: int  # forecasts beyond the first for an observation
+    unexpected: int  # forecasts for no observation
+    worst: float  # worst relative error |a - b| / (|b| + 1) over the forecasts seen
+    mismatched: int  # forecasts naming the wrong model or warming flag
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"{self.got} forecasts for {self.expected} observations: {self.lost} lost, "
+            f"{self.duplicated} duplicated, {self.unexpected} unexpected, {self.mismatched} "
+            f"mismatched, worst relative error {self.worst:.1e}"
+        )
+
+
+def account(
+    m: StreamModel,
+    expected: dict[tuple[str, str], Forecast],
+    got: list[dict[str, object]],
+    label: str | None = None,
+) -> Accounting:
+    """Count lost, duplicated and wrong forecasts; asserts nothing."""
+    keys = [(str(g["series"]), str(g["ts"])) for g in got]
+    seen = set(keys)
+    worst, mismatched = 0.0, 0
+    levels = [f"{q:g}" for q in m.model.quantiles]
+    for key, g in zip(keys, got, strict=True):
+        f = expected.get(key)
+        if f is None:
+            continue
+        q = np.stack([np.asarray(g["quantiles"][k]) for k in levels], -1)  # type: ignore[index]
+        err = np.abs(q - f.y) / (np.abs(f.y) + 1.0)
+        worst = max(worst, float(err.max()))
+        mismatched += g["model"] != (label or m.label) or g["warming"] != f.warming
+    return Accounting(
+        expected=len(expected),
+        got=len(keys),
+        lost=len(set(expected) - seen),
+        duplicated=len(keys) - len(seen),
+        unexpected=len(seen - set(expected)),
+        worst=worst,
+        mismatched=mismatched,
+    )
+
+
+def check_exactly_once(acc: Accounting, tol: float) -> None:
+    assert acc.lost == acc.duplicated == acc.unexpected == acc.mismatched == 0, acc.summary
+    assert acc.got == acc.expected, acc.summary
+    assert acc.worst <= tol, f"worst relative error {acc.worst:.2e} > {tol:.0e}"
 
 
 def assert_exactly_once(
@@ -149,20 +237,6 @@ def assert_exactly_once(
     label: str | None = None,
 ) -> float:
     """Every observation has exactly one forecast, equal to the offline loop; -> worst rel err."""
-    expected = offline_forecasts(m, docs)
-    keys = [(str(g["series"]), str(g["ts"])) for g in got]
-    dupes = len(keys) - len(set(keys))
-    missing = set(expected) - set(keys)
-    assert dupes == 0 and not missing and len(keys) == len(expected), (
-        f"{len(keys)} forecasts for {len(expected)} observations: "
-        f"{dupes} duplicated, {len(missing)} missing"
-    )
-    worst = 0.0
-    for g in got:
-        f = expected[(str(g["series"]), str(g["ts"]))]
-        q = np.stack([np.asarray(g["quantiles"][f"{q:g}"]) for q in m.model.quantiles], -1)  # type: ignore[index]
-        err = np.abs(q - f.y) / (np.abs(f.y) + 1.0)
-        worst = max(worst, float(err.max()))
-        assert g["model"] == (label or m.label) and g["warming"] == f.warming
-    assert worst <= tol, f"worst relative error {worst:.2e} > {tol:.0e}"
-    return worst
+    acc = account(m, offline_forecasts(m, docs), got, label)
+    check_exactly_once(acc, tol)
+    return acc.worst

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,16 @@ import torch
 
 from serving.processor import ProcessorConfig, StreamProcessor
 from tests.conftest import ROOT
+from tests.reliability import Trial
 from tests.serving.conftest import small_stream_model
 from tests.serving.kafka_helpers import (
+    Accounting,
     Tail,
-    assert_exactly_once,
+    account,
+    check_exactly_once,
     create_topic,
     make_stream,
+    offline_forecasts,
     produce,
     read_committed,
     save_model,
@@ -35,7 +40,7 @@ pytestmark = pytest.mark.kafka
 
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, reliability: Callable[[Trial], None]
 ) -> None:
     # Double precision: batched and one-at-a-time steps then agree to ~1e-12, so any slip in
     # routing, replay or state (a lost or doubled step) shows far above the tolerance.
@@ -88,12 +93,34 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         proc.wait(10)
         log.close()
     text = (tmp_path / "worker.log").read_text()
+    acc = account(m, offline_forecasts(m, docs), got, label=str(folder.resolve()))
+    reliability(
+        Trial(
+            area="fault",
+            what="stream processor SIGKILLed mid-stream and restarted (50 series)",
+            times=1,
+            events=len(docs),
+            lost=acc.lost,
+            duplicated=acc.duplicated,
+            outcome=_outcome(acc, 1e-6),
+        )
+    )
     assert "restored" in text and "replayed" in text, text[-3000:]
-    assert_exactly_once(m, docs, got, tol=1e-6, label=str(folder.resolve()))
+    check_exactly_once(acc, tol=1e-6)
+
+
+def _outcome(acc: Accounting, tol: float, also: str = "", healthy: bool = True) -> str:
+    """The ledger's outcome cell: pass only if the accounting is clean and `healthy`."""
+    ok = healthy and (
+        acc.lost == acc.duplicated == acc.unexpected == acc.mismatched == 0
+        and acc.got == acc.expected
+        and acc.worst <= tol
+    )
+    return ("pass: " if ok else "FAIL: ") + acc.summary + (f"; {also}" if also else "")
 
 
 def test_malformed_records_go_to_dead_letters_and_good_ones_are_forecast(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, reliability: Callable[[Trial], None]
 ) -> None:
     m = small_stream_model()
     docs = make_stream(n_series=10, n_steps=50, seed=1)
@@ -135,12 +162,30 @@ def test_malformed_records_go_to_dead_letters_and_good_ones_are_forecast(
     try:
         got = read_committed(kafka_bootstrap, "fc-bad", expect=len(docs), timeout=120)
         dead = read_committed(kafka_bootstrap, "fc-bad.dead-letter", expect=len(bad), timeout=60)
-        assert thread.is_alive(), "the processor died"
+        alive = thread.is_alive()
     finally:
         stop.set()
         thread.join(30)
     # float32, batched per poll: within 3e-5 of one-series-at-a-time (rounding, not logic).
-    assert_exactly_once(m, docs, got, tol=3e-5)
+    acc = account(m, offline_forecasts(m, docs), got)
+    reliability(
+        Trial(
+            area="bad input",
+            what=f"{len(bad)} malformed records ({len(kinds)} kinds) among {len(docs)} good ones",
+            times=len(bad),
+            events=len(mixed),
+            lost=acc.lost,
+            duplicated=acc.duplicated,
+            outcome=_outcome(
+                acc,
+                3e-5,
+                f"{len(dead)}/{len(bad)} dead letters, processor " + ("alive" if alive else "DIED"),
+                healthy=alive and len(dead) == len(bad),
+            ),
+        )
+    )
+    assert alive, "the processor died"
+    check_exactly_once(acc, tol=3e-5)
     assert len(dead) == len(bad)
     reasons = {}
     for d in dead:
@@ -160,7 +205,9 @@ def test_malformed_records_go_to_dead_letters_and_good_ones_are_forecast(
 
 
 def test_broker_restart_mid_stream(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    reliability: Callable[[Trial], None],
 ) -> None:
     """Stop the broker under a running processor and start it again: the worker waits,
     reconnects, restores, and every observation still has exactly one forecast."""
@@ -217,10 +264,23 @@ def test_broker_restart_mid_stream(
             ((str(d["series"]).encode(), json.dumps(d).encode()) for d in second),
         )
         got = read_committed(boot, "fc-restart", expect=len(docs), timeout=240)
-        assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        alive = proc.poll() is None
     finally:
         proc.kill()
         proc.wait(10)
         log.close()
         broker("stop")
-    assert_exactly_once(m, docs, got, tol=1e-6, label=str(folder.resolve()))
+    acc = account(m, offline_forecasts(m, docs), got, label=str(folder.resolve()))
+    reliability(
+        Trial(
+            area="fault",
+            what="Kafka broker stopped for 3 s and restarted under a running processor",
+            times=1,
+            events=len(docs),
+            lost=acc.lost,
+            duplicated=acc.duplicated,
+            outcome=_outcome(acc, 1e-6, "worker " + ("alive" if alive else "DIED"), healthy=alive),
+        )
+    )
+    assert alive, (tmp_path / "worker.log").read_text()[-3000:]
+    check_exactly_once(acc, tol=1e-6)
