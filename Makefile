@@ -1,5 +1,8 @@
 # The two commands of the README: `make demo` and `make test`. Both set everything up first.
-.PHONY: setup demo test lint format kafka-start kafka-stop
+# The container image of deploy/ (compose.yaml, kuberay/) is $(IMAGE).
+IMAGE ?= statecast:0.1.0
+
+.PHONY: setup demo test lint format kafka-start kafka-stop image
 
 setup:
 	scripts/setup.sh
@@ -21,3 +24,6 @@ kafka-start: setup
 
 kafka-stop:
 	deploy/kafka/kafka.sh stop
+
+image:
+	docker build -f deploy/Dockerfile -t $(IMAGE) .

@@ -208,9 +208,12 @@ def _fresh_topics(bootstrap: str, topics: list[str], group: str) -> None:
 def _start_ray(attempts: int = 3) -> None:
     """A local Ray (or RAY_ADDRESS's cluster), quiet: the workers' logs go to Ray's log folder.
     Ray gives a new node 30 s to register, which a busy 2-core machine can miss: try again."""
+    import psutil
     import ray
 
+    me = psutil.Process()
     for attempt in range(1, attempts + 1):
+        before = {c.pid for c in me.children(recursive=True)}
         try:
             ray.init(
                 address=settings.ray_address(),
@@ -221,6 +224,11 @@ def _start_ray(attempts: int = 3) -> None:
             return
         except Exception as e:  # Ray raises a bare Exception for this timeout
             ray.shutdown()
+            # A node that failed to register is not Ray's to shut down: stop what it started.
+            for child in me.children(recursive=True):
+                if child.pid not in before:
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
             if attempt == attempts:
                 raise RuntimeError(f"Ray did not start: {e}") from e
             _say(f"Ray did not start ({e}); trying again")
@@ -408,6 +416,8 @@ def run_demo(cfg: DemoConfig) -> int:
         raise _Stop
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C must stop the demo even when it was started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     subscriber: _Subscriber | None = None
     try:
         if cfg.bootstrap_servers:
