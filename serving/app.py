@@ -450,16 +450,17 @@ def make_api(
     read_401 = no_token if guard_reads else {}
     write_401 = no_token if guard_writes else {}
 
-    def read_auth(
+    async def read_auth(
         request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
     ) -> None:
         service.authorize(request.headers.get("authorization"), write=False)
 
-    def write_auth(
+    async def write_auth(
         request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
     ) -> None:
         service.authorize(request.headers.get("authorization"), write=True)
 
+    # async: run on the event loop, so the failure count is never raced by threadpool workers.
     read_deps = [Security(read_auth)] if guard_reads else []
     write_deps = [Security(write_auth)] if guard_writes else []
 

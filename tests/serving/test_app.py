@@ -76,8 +76,16 @@ def service(
     _register(save_model(m, home / "v1"))
     create_topic(kafka_bootstrap, "obs-app", 2)
     port = free_port()
-    # address="local": a Ray of our own, even if another is running on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a Ray of our own, even if another is running on this machine. Ray gives
+    # a new node 30 s to register, which a busy 2-core machine can miss: try again.
+    for attempt in range(3):
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:  # Ray raises a bare Exception for that timeout
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = AppArgs(
