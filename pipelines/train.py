@@ -39,6 +39,7 @@ from pipelines.plots import plot_forecast
 from pipelines.progress import TrainProgress
 from pipelines.protocol import protocol_splits, window_starts
 from pipelines.pyfunc import ForecasterPyfunc, forecast_frame
+from pipelines.tracking import TrackingUnavailableError
 
 __all__ = ["TrainResult", "register_model", "train"]
 
@@ -81,6 +82,7 @@ def train(
     model.fit_scaler(torch.from_numpy(data.values[:, train_lo:train_hi]))
 
     uri = settings.tracking_uri()
+    settings.bound_mlflow_http()
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment(cfg.experiment, uri)
     run_name = cfg.run_name or f"{cfg.kind}-{data.name}-H{cfg.horizon}"
@@ -113,6 +115,8 @@ def train(
                 "val_bounds": splits.val,
                 "tracking_uri": uri,
                 "run_id": run.info.run_id,
+                "mlflow_http": settings.mlflow_http_env(),
+                "mlflow_flush_timeout_s": settings.mlflow_flush_timeout_s(),
             },
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
             run_config=RunConfig(
@@ -131,6 +135,16 @@ def train(
             model.load_state_dict(load_file(str(Path(folder) / "best.safetensors")))
         model.eval()
         metrics = result.metrics or {}
+        unlogged = int(metrics.get("unlogged_metrics", 0))
+        if unlogged:
+            raise TrackingUnavailableError(
+                f"training finished, but {unlogged} per-epoch metric values could not be logged "
+                f"to the MLflow tracking server at {uri} within "
+                f"{settings.mlflow_flush_timeout_s():.0f} s of retrying "
+                f"(STATECAST_MLFLOW_FLUSH_TIMEOUT_S); run {run.info.run_id} is incomplete. The "
+                f"weights are in the Ray checkpoint under {storage / run_name}; rerun with "
+                "--resume once the server is back."
+            )
         best_val = float(metrics.get("best_val_mse", np.nan))
         epochs = int(metrics.get("epoch", -1)) + 1
 
@@ -162,7 +176,16 @@ def train(
 
 def _experiment(name: str, uri: str) -> str:
     client = MlflowClient(uri)
-    found = client.get_experiment_by_name(name)
+    try:
+        found = client.get_experiment_by_name(name)
+    except mlflow.exceptions.MlflowException as e:
+        http = settings.mlflow_http_env()
+        raise TrackingUnavailableError(
+            f"the MLflow tracking server at {uri} is not reachable after "
+            f"{int(http['MLFLOW_HTTP_REQUEST_MAX_RETRIES']) + 1} tries of up to "
+            f"{http['MLFLOW_HTTP_REQUEST_TIMEOUT']} s (MLFLOW_HTTP_REQUEST_*); start it, or point "
+            f"MLFLOW_TRACKING_URI elsewhere (unset: a local sqlite store). Cause: {str(e)[:300]}"
+        ) from e
     if found is not None:
         return str(found.experiment_id)
     # With the embedded sqlite store, artifacts go to a folder beside it.

@@ -1,9 +1,9 @@
 """The per-worker training loop that Ray Train runs. It reads top to bottom:
 
 resume from the last checkpoint if there is one -> for each epoch: shuffled windows, pinball loss
-(+ MSE on the median), validation MSE under the protocol -> rank 0 logs to MLflow and writes a
-checkpoint (latest and best weights, optimiser, progress) -> early stop after `patience` epochs
-without a better validation MSE.
+(+ MSE on the median), validation MSE under the protocol -> rank 0 logs to MLflow (buffered while
+the server is unreachable) and writes a checkpoint (latest and best weights, optimiser, progress)
+-> early stop after `patience` epochs without a better validation MSE.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from forecast import ModelConfig, build_model
 from forecast.model import Forecaster
+from pipelines import settings
 from pipelines.config import TrainConfig
 from pipelines.fit import train_epoch, training_windows, validate
 from pipelines.progress import throttled
+from pipelines.tracking import MetricBuffer
 
 __all__ = ["train_loop"]
 
@@ -59,7 +61,11 @@ def train_loop(config: dict[str, Any]) -> None:
 
     train_bounds, val_bounds = tuple(config["train_bounds"]), tuple(config["val_bounds"])
     train_windows = training_windows(values.shape[0], train_bounds, cfg)
-    tracker = _Tracker(config.get("tracking_uri"), config.get("run_id")) if rank == 0 else None
+    tracker = None
+    if rank == 0:
+        # The driver's bounds on MLflow's HTTP retries (pipelines/settings.py) hold here too.
+        settings.bound_mlflow_http(config.get("mlflow_http"))
+        tracker = _Tracker(config.get("tracking_uri"), config.get("run_id"))
 
     for epoch in range(int(progress["epoch"]) + 1, cfg.epochs):
         on_batch = None
@@ -95,6 +101,11 @@ def train_loop(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "train_loss": train_loss, "val_mse": val_mse, **progress}
         if tracker is not None:
             tracker.log(epoch, train_loss=train_loss, val_mse=val_mse)
+            if stop or epoch == cfg.epochs - 1:
+                # The last report carries how many values never reached MLflow; the driver
+                # fails the run with a clear message if any (pipelines/train.py).
+                timeout = float(config.get("mlflow_flush_timeout_s", 300.0))
+                metrics["unlogged_metrics"] = tracker.close(timeout)
         with tempfile.TemporaryDirectory() as folder:
             ckpt = None
             if rank == 0:
@@ -115,25 +126,22 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 class _Tracker:
     """Per-epoch metrics from rank 0 into the driver's MLflow run (Ray Train v2 has no MLflow
-    callback). A failed log is reported on stderr, never fatal to training."""
+    callback), through a `MetricBuffer`: a tracking server that is down delays them, training
+    goes on, and they are sent when it is back (pipelines/tracking.py)."""
 
     def __init__(self, uri: str | None, run_id: str | None):
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(uri) if uri and run_id else None
-        self.run_id = run_id
+        self.buffer = MetricBuffer(MlflowClient(uri), run_id) if uri and run_id else None
 
     def progress(self, epochs_done: float) -> None:
         """Where training is (epochs, fractional), for the driver's progress bar."""
         self.log(0, train_progress=epochs_done)
 
     def log(self, epoch: int, **metrics: float) -> None:
-        if self.client is None or self.run_id is None:
-            return
-        import sys
+        if self.buffer is not None:
+            self.buffer.log(epoch, **metrics)
 
-        for name, value in metrics.items():
-            try:
-                self.client.log_metric(self.run_id, name, value, step=epoch)
-            except Exception as e:  # the tracking server may be down; training goes on
-                print(f"statecast: could not log {name} to MLflow: {e}", file=sys.stderr)
+    def close(self, timeout_s: float) -> int:
+        """Wait for the buffered values (at most `timeout_s`); -> how many were not logged."""
+        return 0 if self.buffer is None else self.buffer.close(timeout_s)
