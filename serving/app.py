@@ -41,6 +41,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.doc_pages import add_doc_pages
 from serving.metrics import render_prometheus
 from serving.model_source import load_stream_model, resolve
 from serving.observation import SERIES_ID, Observation, Rejection, decode_observation
@@ -434,7 +435,10 @@ def make_api(
         title="statecast",
         description="Streaming forecasts from recurrent state-space and RWKV-7 models.",
         version="1",
+        docs_url=None,  # served from local assets below, not a CDN
+        redoc_url=None,
     )
+    add_doc_pages(api)
     api.add_middleware(BodyLimit, max_bytes=args.max_request_bytes)
 
     @api.exception_handler(RequestValidationError)

@@ -26,6 +26,7 @@ class ProcessorMetrics:
     checkpoints: int = 0
     checkpoint_seconds: float = 0.0
     checkpoint_failures: int = 0
+    corrupt_checkpoint_records: int = 0
     restores: int = 0
     transaction_failures: int = 0
     model_swaps: int = 0
@@ -64,6 +65,7 @@ class ProcessorMetrics:
             "checkpoints": self.checkpoints,
             "checkpoint_seconds": self.checkpoint_seconds,
             "checkpoint_failures": self.checkpoint_failures,
+            "corrupt_checkpoint_records": self.corrupt_checkpoint_records,
             "restores": self.restores,
             "transaction_failures": self.transaction_failures,
             "model_swaps": self.model_swaps,
@@ -96,6 +98,12 @@ def render_prometheus(snapshots: dict[str, dict[str, object]]) -> str:
             "counter",
             "checkpoint_failures",
             "Checkpoints the changelog topic refused (retried with backoff)",
+        ),
+        (
+            "statecast_corrupt_checkpoint_records_total",
+            "counter",
+            "corrupt_checkpoint_records",
+            "Changelog records a restore could not use (logged, skipped)",
         ),
         ("statecast_restores_total", "counter", "restores", "Partitions restored"),
         (

@@ -544,9 +544,21 @@ class StreamProcessor:
         )
 
     def _read_changelog(self, partition: int) -> tuple[PartitionStore, Marker | None]:
+        """The partition's states as of its last good offsets marker, and that marker.
+
+        A checkpoint's state records precede its marker in the same transaction, so the states
+        read since the last marker are held back and applied when the next good marker arrives.
+        Records nobody should have written (a corrupt or foreign state, a key that is not UTF-8,
+        a corrupt marker) never stop the restore: each is logged and counted
+        (`statecast_corrupt_checkpoint_records_total`); a corrupt state drops that series (it
+        starts afresh, and the next checkpoint writes a tombstone over the record); a corrupt
+        marker discards the states read since the last good one, so the restore replays from a
+        marker the states match (from the start of the input when none is left)."""
         tp = TopicPartition(self.cfg.changelog, partition)
         reader = self._reader()
         store, marker = PartitionStore(), None
+        pending: dict[str, tuple[SeriesState | None, str, int]] = {}
+        width = self.model.initial_flat().numel()
         try:
             reader.assign([tp])
             reader.seek_to_beginning(tp)
@@ -554,20 +566,70 @@ class StreamProcessor:
             while reader.position(tp) < end:
                 for rec in reader.poll(timeout_ms=500).get(tp, []):
                     if rec.key == MARKER_KEY:
-                        marker = Marker.from_bytes(rec.value)
+                        try:
+                            good = Marker.from_bytes(rec.value)
+                        except (ValueError, KeyError, TypeError) as e:
+                            self._corrupt(tp, rec.offset, "offsets marker", e)
+                            pending.clear()
+                            continue
+                        marker = good
+                        self._apply_pending(tp, store, pending, good, width)
                         continue
-                    series = rec.key.decode()
+                    try:
+                        series = rec.key.decode()
+                    except (UnicodeDecodeError, AttributeError) as e:
+                        self._corrupt(tp, rec.offset, "series key", e)
+                        continue
                     if rec.value is None:
-                        store.series.pop(series, None)
-                        store.touched.pop(series, None)
+                        pending[series] = (None, "", 0)
                         continue
-                    state, _, offset = decode_series(rec.value)
-                    store.series[series] = state
-                    store.series.move_to_end(series)
-                    store.touched[series] = offset
+                    try:
+                        state, layout, offset = decode_series(rec.value)
+                    except ValueError as e:
+                        self._corrupt(tp, rec.offset, f"state of series {series!r}", e)
+                        pending[series] = (None, "", 0)
+                        store.evicted.add(series)
+                        continue
+                    pending[series] = (state, layout, offset)
         finally:
             reader.close()
+        if pending:
+            log.error(
+                "partition %s: %d state records after the last offsets marker ignored",
+                tp,
+                len(pending),
+            )
         return store, marker
+
+    def _apply_pending(
+        self,
+        tp: TopicPartition,
+        store: PartitionStore,
+        pending: dict[str, tuple[SeriesState | None, str, int]],
+        marker: Marker,
+        width: int,
+    ) -> None:
+        for series, (state, layout, offset) in pending.items():
+            foreign = state is not None and (
+                layout != marker.layout or (layout == self.layout and state.hidden.numel() != width)
+            )
+            if foreign:
+                self._corrupt(tp, None, f"state of series {series!r}", "another model's state")
+                store.evicted.add(series)
+            if state is None or foreign:
+                store.series.pop(series, None)
+                store.touched.pop(series, None)
+                continue
+            store.series[series] = state
+            store.series.move_to_end(series)
+            store.touched[series] = offset
+            store.evicted.discard(series)
+        pending.clear()
+
+    def _corrupt(self, tp: TopicPartition, offset: int | None, what: str, why: object) -> None:
+        self.metrics.corrupt_checkpoint_records += 1
+        at = f" at offset {offset}" if offset is not None else ""
+        log.error("changelog %s%s: corrupt %s ignored (%s)", tp, at, what, why)
 
     def _replay(self, tp: TopicPartition, start: int | None, stop: int) -> int:
         reader = self._reader()
