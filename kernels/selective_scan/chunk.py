@@ -6,20 +6,21 @@ For series b, channel d and state slot n (see reference.py):
     u_t = dt_t[d] B_t[n] x_t[d],                         y_t[d] = sum_n C_t[n] h_t[d, n]
 
 Every program owns one series and BD channels and keeps their [D, N] state in registers; only
-y (and, for training, the state at every CHUNK-th step) goes to memory.
+y (and, for training, the state at every CHUNK-th step) goes to memory. B and C are read from one
+zero-padded float32 copy [B, T, 2, NP] (NP = N rounded up to a power of two), A as A log2(e).
 
-- forward, three launches: the sequence is cut into segments of whole chunks that run in
-  parallel. A local pass gives each segment's end state from a zero start and its summed dt, a
-  carry pass chains them into true segment start states, and the full pass steps through each
-  segment from its start state (the state tile [NT, BD, NL] in registers, loads two steps
-  ahead), writing y, h_T and, when a gradient is needed, the state at every chunk start
-  ([B, ceil(T / CHUNK), D, N], float32);
-- backward, grid (D blocks, B): walks the chunks in reverse; a chunk is one [L, NT, BD, NL]
-  register tile with the time axis in each thread's registers. It recomputes the chunk's states
-  from the saved start state with `tl.associative_scan` over affine maps, runs the adjoint
-  recurrence as a second scan (on the time-flipped tile), and writes dx, ddt and dh0 directly,
-  dA as one partial per series and dB, dC as one partial per D block (sums over channels other
-  programs own); torch adds the partials in a fixed order, so results are deterministic.
+- forward, up to three launches: the sequence is cut into segments of whole chunks that run in
+  parallel (as many as fill the GPU). A local pass gives each segment's end state from a zero
+  start and its summed dt, a carry pass chains them into true segment start states, and the
+  full pass steps through each segment from its start state, chunk by chunk (x and dt of the
+  next chunk loaded while this one runs; the state tile [NT, BD, NL] in registers), writing y,
+  h_T and, when a gradient is needed, the state at every chunk start ([B, ceil(T / CHUNK), D,
+  NP], float32);
+- backward, grid (D blocks, B): walks the chunks in reverse. Per chunk a forward pass from the
+  saved start state keeps h_t of its CHUNK steps in an [L, NT, BD, NL] register tile, then the
+  adjoint runs step by step back through the chunk, writing dx, ddt and dh0 directly, dA as one
+  partial per series and dB, dC as one partial per D block (sums over channels other programs
+  own); torch adds the partials in a fixed order, so results are deterministic.
 
 README.md has the derivation. Numerics: float32 in the kernels. x, dt, B, C may be float32 or
 bfloat16 and strided (stride-0 expanded too); y comes back in x's dtype, h_T in h0's dtype (x's
@@ -41,11 +42,22 @@ __all__ = ["selective_scan_chunk"]
 # Every output and scratch buffer comes from here, so tests can swap in a NaN-filling allocator.
 _empty = torch.empty
 
-# Steps per backward chunk: the backward's register tile and the spacing of the saved states,
-# which cost ceil(T / 8) * D * N * 4 bytes per series (four times x's bytes in bfloat16 at N = 16).
-# Longer chunks spill registers in the backward (a thread holds L x NT x (BD per thread) values
-# of five tiles at once).
+# Steps per chunk: the spacing of the saved states, which cost ceil(T / 8) * D * NP * 4 bytes
+# per series (four times x's bytes in bfloat16 at N = 16), and the backward's register tile of
+# h_t (L x NT x channels-per-thread values); the forward loads x, dt a chunk at a time.
 CHUNK = 8
+
+# Backward tile: lanes over N (the rest of the warp over D), channels per thread, and whether
+# the forward-over-the-chunk keeps a_t (registers) or the adjoint evaluates it again (exp2).
+BWD_LANES_N = 2
+BWD_D_PER_THREAD = 1
+KEEP_A = False
+# Register cap of the backward (None: the compiler's choice). A cap buys warps per multiprocessor
+# for spills; bench/selective_scan.py times a few.
+BWD_MAXNREG: int | None = None
+
+# Warps per multiprocessor below which the forward cuts the sequence into segments.
+FWD_WARPS_PER_SM = 64
 
 
 class _Config(NamedTuple):
@@ -79,37 +91,13 @@ def _config(D: int, N: int, steps: int, lanes_n: int, warps: int, d_per_thread: 
 
 
 def _fwd_config(D: int, N: int) -> _Config:
-    # All state slots of a channel in one thread: y needs no shuffles (fastest of the layouts
-    # timed by bench/selective_scan.py on the H200).
-    return _config(D, N, 1, 1, 2, 1)
+    # All state slots of a channel in one thread (y needs no shuffles), one warp per program:
+    # the fastest of the layouts timed by bench/selective_scan.py on the H200.
+    return _config(D, N, CHUNK, 1, 1, 1)
 
 
 def _bwd_config(D: int, N: int) -> _Config:
-    # Eight lanes over N, four over D: the fastest of the layouts timed on the H200.
-    return _config(D, N, CHUNK, 8, 2, 2)
-
-
-@triton.jit
-def _affine(a1, b1, a2, b2):
-    # Map (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2.
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _affine_excl(a1, b1, ea1, eb1, a2, b2, ea2, eb2):
-    # _affine plus (ea, eb), the composite without the last element applied:
-    # excl(left then right) = left then excl(right), and excl of one element is the identity.
-    return a1 * a2, a2 * b1 + b2, a1 * ea2, ea2 * b1 + eb2
-
-
-# Strides that are never specialised. Triton turns an int argument equal to 1 into a constant,
-# and a load or store whose addresses it then knows to be contiguous gets a register layout of its
-# own; converting between that layout and the compute tile's costs more than the access saves.
-# Only the channel strides of the forward's [BD] loads stay specialisable: their layout is the
-# compute tile's anyway.
-_STRIDES = ["s_xb", "s_xt", "s_xd", "s_db", "s_dt", "s_dd", "s_Bb", "s_Bt", "s_Bn", "s_Cb"]
-_STRIDES += ["s_Ct", "s_Cn", "s_hb", "s_hd", "s_hn", "s_yb", "s_yt", "s_yd"]
-_STRIDES_FWD = [s for s in _STRIDES if s not in ("s_xd", "s_dd", "s_yd")]
+    return _config(D, N, CHUNK, BWD_LANES_N, 1, BWD_D_PER_THREAD)
 
 
 @triton.jit
@@ -122,13 +110,15 @@ def _tile_index(pid_d, L: tl.constexpr, BD: tl.constexpr, NT: tl.constexpr, NL: 
     return r, d, n, zero
 
 
-@triton.jit(do_not_specialize=[*_STRIDES_FWD, "seg_steps", "n_seg"])
+_NO_SPEC_FWD = ["T", "seg_steps", "n_seg", "s_xb", "s_xt", "s_db", "s_dt", "s_yb", "s_yt"]
+
+
+@triton.jit(do_not_specialize=_NO_SPEC_FWD)
 def _fwd_kernel(
     x_ptr,
     dt_ptr,
-    A_ptr,
-    B_ptr,
-    C_ptr,
+    A2_ptr,
+    bc_ptr,
     hseg_ptr,
     y_ptr,
     hT_ptr,
@@ -145,101 +135,87 @@ def _fwd_kernel(
     s_db,
     s_dt,
     s_dd,
-    s_Bb,
-    s_Bt,
-    s_Bn,
-    s_Cb,
-    s_Ct,
-    s_Cn,
-    s_hb,
-    s_hd,
-    s_hn,
     s_yb,
     s_yt,
     s_yd,
     LOCAL: tl.constexpr,
     SAVE: tl.constexpr,
-    CHUNK_STEPS: tl.constexpr,
+    L: tl.constexpr,
+    NP: tl.constexpr,
     BD: tl.constexpr,
     NT: tl.constexpr,
     NL: tl.constexpr,
 ):
-    """One segment [seg * seg_steps, +seg_steps) of one series and BD channels, step by step.
+    """One segment [seg * seg_steps, +seg_steps) of one series and BD channels, chunk by chunk.
 
     LOCAL: from a zero state; writes the segment's end state to hseg[b, seg] and its summed dt
     to sdt[b, seg] (y is not written). Otherwise: from hseg[b, seg] (the true start state); writes
-    y, h_T (last segment) and, if SAVE, the state at every chunk start to hs.
+    y, h_T (last segment) and, if SAVE, the state at every chunk start to hs. State buffers are
+    [B, *, D, NP] float32 (NP = N padded to a power of two); bc is [B, T, 2, NP] float32 (B_t
+    then C_t, zero padding), so the padded slots stay zero.
     """
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2)
-    # The [NT, BD, NL] state tile; slot n = nl * NT + nt.
+    # The [NT, BD, NL] state tile; slot n = nl * NT + nt. Chunk tiles of x, dt are [L, BD, 1].
+    r = tl.arange(0, L)[:, None, None]
     d = pid_d * BD + tl.arange(0, BD)[None, :, None]
     n = tl.arange(0, NL)[None, None, :] * NT + tl.arange(0, NT)[:, None, None]
     d_ok = d < D
-    n_ok = n < N
-    dn_ok = d_ok & n_ok
-    st = d * s_hd + n * s_hn
-    A2 = tl.load(A_ptr + st, mask=dn_ok, other=0.0).to(tl.float32) * 1.4426950408889634
-    hseg_p = hseg_ptr + (b * n_seg + seg) * s_hb + st
+    st = d * NP + n
+    A2 = tl.load(A2_ptr + st, mask=d_ok, other=0.0)
+    hseg_p = hseg_ptr + (b * n_seg + seg) * D * NP + st
     if LOCAL:
         h = tl.zeros([NT, BD, NL], dtype=tl.float32)
         sdt = tl.zeros([1, BD, 1], dtype=tl.float32)
     else:
-        h = tl.load(hseg_p, mask=dn_ok, other=0.0)
+        h = tl.load(hseg_p, mask=d_ok, other=0.0)
     t0 = seg * seg_steps
     t1 = tl.minimum(T, t0 + seg_steps)
     x_p = x_ptr + b * s_xb + d * s_xd
     dt_p = dt_ptr + b * s_db + d * s_dd
-    B_p = B_ptr + b * s_Bb + n * s_Bn
-    C_p = C_ptr + b * s_Cb + n * s_Cn
+    bc_p = bc_ptr + b * T * (2 * NP) + n
     y_p = y_ptr + b * s_yb + d * s_yd
-    n_chunks = tl.cdiv(T, CHUNK_STEPS)
-    # Loads run two steps ahead of the arithmetic, to hide their latency.
-    zd = d * 0
-    zn = n * 0
-    x_1 = tl.load(x_p + t0 * s_xt, mask=d_ok & (zd + t0 < t1), other=0.0)
-    dt_1 = tl.load(dt_p + t0 * s_dt, mask=d_ok & (zd + t0 < t1), other=0.0)
-    B_1 = tl.load(B_p + t0 * s_Bt, mask=n_ok & (zn + t0 < t1), other=0.0)
-    x_2 = tl.load(x_p + (t0 + 1) * s_xt, mask=d_ok & (zd + t0 + 1 < t1), other=0.0)
-    dt_2 = tl.load(dt_p + (t0 + 1) * s_dt, mask=d_ok & (zd + t0 + 1 < t1), other=0.0)
-    B_2 = tl.load(B_p + (t0 + 1) * s_Bt, mask=n_ok & (zn + t0 + 1 < t1), other=0.0)
-    if not LOCAL:
-        C_1 = tl.load(C_p + t0 * s_Ct, mask=n_ok & (zn + t0 < t1), other=0.0)
-        C_2 = tl.load(C_p + (t0 + 1) * s_Ct, mask=n_ok & (zn + t0 + 1 < t1), other=0.0)
-    for t in range(t0, t1):
-        x_c = x_1.to(tl.float32)
-        dt_c = dt_1.to(tl.float32)
-        B_c = B_1.to(tl.float32)
-        x_1, dt_1, B_1 = x_2, dt_2, B_2
-        x_2 = tl.load(x_p + (t + 2) * s_xt, mask=d_ok & (zd + t + 2 < t1), other=0.0)
-        dt_2 = tl.load(dt_p + (t + 2) * s_dt, mask=d_ok & (zd + t + 2 < t1), other=0.0)
-        B_2 = tl.load(B_p + (t + 2) * s_Bt, mask=n_ok & (zn + t + 2 < t1), other=0.0)
+    # The next chunk's x and dt are loaded a whole chunk ahead (their latency is DRAM's); past
+    # the segment's end they are zero, which makes a step the identity (a_t = 1, u_t = 0).
+    m = d_ok & (t0 + r < t1)
+    x_n = tl.load(x_p + (t0 + r) * s_xt, mask=m, other=0.0)
+    dt_n = tl.load(dt_p + (t0 + r) * s_dt, mask=m, other=0.0)
+    for c in range(t0 // L, tl.cdiv(t1, L)):
+        tc = c * L
+        x_c = x_n.to(tl.float32)
+        dt_c = dt_n.to(tl.float32)
+        m = d_ok & (tc + L + r < t1)
+        x_n = tl.load(x_p + (tc + L + r) * s_xt, mask=m, other=0.0)
+        dt_n = tl.load(dt_p + (tc + L + r) * s_dt, mask=m, other=0.0)
+        if SAVE:
+            tl.store(hs_ptr + (b * tl.cdiv(T, L) + c) * D * NP + st, h, mask=d_ok)
         if LOCAL:
-            sdt += dt_c
-            h = tl.exp2(dt_c * A2) * h + (dt_c * x_c) * B_c
-        else:
-            C_c = C_1.to(tl.float32)
-            C_1 = C_2
-            C_2 = tl.load(C_p + (t + 2) * s_Ct, mask=n_ok & (zn + t + 2 < t1), other=0.0)
-            # SAVE is compile-time, the step test runtime: two ifs keep them apart.
-            if SAVE:  # noqa: SIM102
-                if t % CHUNK_STEPS == 0:
-                    hs_p = hs_ptr + (b * n_chunks + t // CHUNK_STEPS) * s_hb + st
-                    tl.store(hs_p, h, mask=dn_ok)
-            h = tl.exp2(dt_c * A2) * h + (dt_c * x_c) * B_c
-            y = tl.sum(tl.sum(h * C_c, axis=0, keep_dims=True), axis=2, keep_dims=True)
-            tl.store(y_p + t * s_yt, y.to(y_ptr.dtype.element_ty), mask=d_ok)
+            sdt += tl.sum(dt_c, axis=0, keep_dims=True)
+        for j in tl.static_range(L):
+            # Row j of the chunk tiles (the step index is a register index: no data moves).
+            x_j = tl.sum(tl.where(r == j, x_c, -0.0), axis=0, keep_dims=True)
+            dt_j = tl.sum(tl.where(r == j, dt_c, -0.0), axis=0, keep_dims=True)
+            # Rows past T (re-read as row T - 1, in bounds) meet dt = 0: their B, C are unused.
+            t_j = tl.minimum(tc + j, T - 1)
+            B_j = tl.load(bc_p + t_j * (2 * NP))
+            h = tl.exp2(dt_j * A2) * h + (dt_j * x_j) * B_j
+            if not LOCAL:
+                C_j = tl.load(bc_p + t_j * (2 * NP) + NP)
+                y = tl.sum(tl.sum(h * C_j, axis=0, keep_dims=True), axis=2, keep_dims=True)
+                y_m = d_ok & (d * 0 + (tc + j) < t1)
+                tl.store(y_p + (tc + j) * s_yt, y.to(y_ptr.dtype.element_ty), mask=y_m)
     if LOCAL:
-        tl.store(hseg_p, h, mask=dn_ok)
+        tl.store(hseg_p, h, mask=d_ok)
         tl.store(sdt_ptr + (b * n_seg + seg) * D + d, sdt, mask=d_ok)
     elif seg == n_seg - 1:
-        tl.store(hT_ptr + b * s_hb + st, h.to(hT_ptr.dtype.element_ty), mask=dn_ok)
+        hT_p = hT_ptr + b * D * N + d * N + n
+        tl.store(hT_p, h.to(hT_ptr.dtype.element_ty), mask=d_ok & (n < N))
 
 
-@triton.jit(do_not_specialize=["n_seg", "s_hb", "s_hd", "s_hn"])
+@triton.jit(do_not_specialize=["n_seg"])
 def _carry_kernel(
-    A_ptr,
+    A2_ptr,
     h0_ptr,
     hloc_ptr,
     sdt_ptr,
@@ -247,10 +223,8 @@ def _carry_kernel(
     D,
     N,
     n_seg,
-    s_hb,
-    s_hd,
-    s_hn,
     HAS_H0: tl.constexpr,
+    NP: tl.constexpr,
     BD: tl.constexpr,
     NT: tl.constexpr,
     NL: tl.constexpr,
@@ -261,39 +235,42 @@ def _carry_kernel(
     d = pid_d * BD + tl.arange(0, BD)[None, :, None]
     n = tl.arange(0, NL)[None, None, :] * NT + tl.arange(0, NT)[:, None, None]
     d_ok = d < D
-    dn_ok = d_ok & (n < N)
-    st = d * s_hd + n * s_hn
-    A2 = tl.load(A_ptr + st, mask=dn_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+    st = d * NP + n
+    A2 = tl.load(A2_ptr + st, mask=d_ok, other=0.0)
     if HAS_H0:
-        h = tl.load(h0_ptr + b * s_hb + st, mask=dn_ok, other=0.0).to(tl.float32)
+        h0_p = h0_ptr + b * D * N + d * N + n
+        h = tl.load(h0_p, mask=d_ok & (n < N), other=0.0).to(tl.float32)
     else:
         h = tl.zeros([NT, BD, NL], dtype=tl.float32)
-    tl.store(hseg_ptr + b * n_seg * s_hb + st, h, mask=dn_ok)
+    tl.store(hseg_ptr + b * n_seg * D * NP + st, h, mask=d_ok)
     for s in range(1, n_seg):
         sdt = tl.load(sdt_ptr + (b * n_seg + s - 1) * D + d, mask=d_ok, other=0.0)
-        h_loc = tl.load(hloc_ptr + (b * n_seg + s - 1) * s_hb + st, mask=dn_ok, other=0.0)
+        h_loc = tl.load(hloc_ptr + (b * n_seg + s - 1) * D * NP + st, mask=d_ok, other=0.0)
         h = tl.exp2(sdt * A2) * h + h_loc
-        tl.store(hseg_ptr + (b * n_seg + s) * s_hb + st, h, mask=dn_ok)
+        tl.store(hseg_ptr + (b * n_seg + s) * D * NP + st, h, mask=d_ok)
 
 
-_STRIDES_BWD = [*_STRIDES, "n_series"]
+# Nothing of the backward's address arithmetic is specialised: a stride Triton knows to be 1
+# gives a load or store a coalesced layout of its own, and converting between that and the
+# compute tile's layout (through shared memory, with a barrier) at every step costs more than
+# the access saves.
+_NO_SPEC_BWD = ["T", "n_series", "s_xb", "s_xt", "s_xd", "s_db", "s_dt", "s_dd", "s_yb"]
+_NO_SPEC_BWD += ["s_yt", "s_yd", "s_n", "s_od"]
 
 
-@triton.jit(do_not_specialize=_STRIDES_BWD)
+@triton.jit(do_not_specialize=_NO_SPEC_BWD)
 def _bwd_kernel(
     x_ptr,
     dt_ptr,
-    A_ptr,
-    B_ptr,
-    C_ptr,
+    A2_ptr,
+    bc_ptr,
     hs_ptr,
     dy_ptr,
     dhT_ptr,
     dx_ptr,
     ddt_ptr,
     dA_ptr,
-    dB_ptr,
-    dC_ptr,
+    dbc_ptr,
     dh0_ptr,
     T,
     D,
@@ -305,105 +282,134 @@ def _bwd_kernel(
     s_db,
     s_dt,
     s_dd,
-    s_Bb,
-    s_Bt,
-    s_Bn,
-    s_Cb,
-    s_Ct,
-    s_Cn,
-    s_hb,
-    s_hd,
-    s_hn,
     s_yb,
     s_yt,
     s_yd,
+    s_n,
+    s_od,
     HAS_DHT: tl.constexpr,
-    FLIP: tl.constexpr,
+    KEEP_A: tl.constexpr,
     L: tl.constexpr,
+    NP: tl.constexpr,
     BD: tl.constexpr,
     NT: tl.constexpr,
     NL: tl.constexpr,
 ):
+    """One series and BD channels, chunks of L steps in reverse; a step's tile is [1, NT, BD, NL].
+
+    Per chunk: a forward pass from the saved start state keeps h_t of every step in an
+    [L, NT, BD, NL] register tile (the step index is a register index, so writing and reading a
+    row costs nothing), then a backward pass runs the adjoint step by step and forms every
+    gradient. Every value has the full tile's shape (per-channel and per-slot values are loaded
+    through broadcast pointers), so no value changes layout. dB, dC go out as one partial per D
+    block ([D blocks, B, T, 2, NP]).
+    """
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     r, d, n, zero = _tile_index(pid_d, L, BD, NT, NL)
-    dn_ok = (d < D) & (n < N)
-    st = d * s_hd + n * s_hn
-    A = tl.load(A_ptr + st, mask=dn_ok, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
+    d_ok = (d < D) & (zero == 0)
+    dn_ok = d_ok & (n < N)
+    # s_n = 1 and s_od = 1 arrive as unspecialised ints (see _NO_SPEC_BWD).
+    st = d * (NP * s_n) + n * s_n
+    A2 = tl.load(A2_ptr + st, mask=d_ok, other=0.0)
+    A2h = A2 * 0.5
     # q: dL/dh at the end of the chunk being processed (from the later steps).
     if HAS_DHT:
-        q = tl.load(dhT_ptr + b * s_hb + st, mask=dn_ok, other=0.0).to(tl.float32)
+        q = tl.load(dhT_ptr + b * D * N + d * N + n, mask=dn_ok, other=0.0).to(tl.float32)
     else:
         q = tl.zeros([1, NT, BD, NL], dtype=tl.float32)
     dA_acc = tl.zeros([1, NT, BD, NL], dtype=tl.float32)
-    ones = tl.full([L, NT, BD, NL], 1.0, tl.float32)
-    zeros = tl.zeros([L, NT, BD, NL], dtype=tl.float32)
-
     x_p = x_ptr + b * s_xb + d * s_xd
     dt_p = dt_ptr + b * s_db + d * s_dd
     dy_p = dy_ptr + b * s_yb + d * s_yd
-    B_p = B_ptr + b * s_Bb + n * s_Bn + zero
-    C_p = C_ptr + b * s_Cb + n * s_Cn + zero
-    # dx, ddt: [B, T, D] contiguous; dB, dC partials: [D blocks, B, T, N] contiguous.
-    out_p = b * T * D + d
-    part_p = (pid_d * n_series + b) * T * N + n
-    d_ok = d < D
-    n_ok = (n < N) & (zero == 0)
+    bc_p = bc_ptr + b * T * (2 * NP) + n * s_n + d * 0
+    # dx, ddt: [B, T, D] contiguous; the dB, dC partials: [D blocks, B, T, 2, NP] contiguous.
+    out_p = b * T * D + d * s_od
+    part_p = dbc_ptr + (pid_d * n_series + b) * T * (2 * NP) + n * s_n
     n_chunks = tl.cdiv(T, L)
+    # [L, 1, BD, 1] tiles of a chunk's x, dt, dy and its saved start state, loaded one chunk
+    # ahead (DRAM latency). Zero past T, where dt = 0 and x = 0 make a step the identity
+    # (a_t = 1, u_t = 0); before t = 0 (the load after the last chunk) masked off.
+    t0 = (n_chunks - 1) * L
+    t_ok = (t0 + r < T) & (d < D)
+    x_n = tl.load(x_p + (t0 + r) * s_xt, mask=t_ok, other=0.0)
+    dt_n = tl.load(dt_p + (t0 + r) * s_dt, mask=t_ok, other=0.0)
+    dy_n = tl.load(dy_p + (t0 + r) * s_yt, mask=t_ok, other=0.0)
+    hs_n = tl.load(hs_ptr + (b * n_chunks + n_chunks - 1) * D * NP + st, mask=d_ok, other=0.0)
     for i in range(n_chunks):
         c = n_chunks - 1 - i
-        t = c * L + r
-        x_c = tl.load(x_p + t * s_xt, mask=(t < T) & d_ok, other=0.0).to(tl.float32)
-        dt_c = tl.load(dt_p + t * s_dt, mask=(t < T) & d_ok, other=0.0).to(tl.float32)
-        dy_c = tl.load(dy_p + t * s_yt, mask=(t < T) & d_ok, other=0.0).to(tl.float32)
-        B_c = tl.load(B_p + t * s_Bt, mask=(t < T) & n_ok, other=0.0).to(tl.float32)
-        C_c = tl.load(C_p + t * s_Ct, mask=(t < T) & n_ok, other=0.0).to(tl.float32)
-        h_start = tl.load(hs_ptr + (b * n_chunks + c) * s_hb + st, mask=dn_ok, other=0.0)
+        t0 = c * L
+        x_c = x_n.to(tl.float32)
+        dt_c = dt_n.to(tl.float32)
+        dy_c = dy_n.to(tl.float32)
+        h_start = hs_n
+        t_ok = (t0 - L + r >= 0) & (d < D)
+        x_n = tl.load(x_p + (t0 - L + r) * s_xt, mask=t_ok, other=0.0)
+        dt_n = tl.load(dt_p + (t0 - L + r) * s_dt, mask=t_ok, other=0.0)
+        dy_n = tl.load(dy_p + (t0 - L + r) * s_yt, mask=t_ok, other=0.0)
+        c_n = tl.maximum(c - 1, 0)
+        hs_n = tl.load(hs_ptr + (b * n_chunks + c_n) * D * NP + st, mask=d_ok, other=0.0)
 
-        # Recompute the chunk's states from its saved start state.
-        a = tl.exp2(dt_c * A2)
-        dtx = dt_c * x_c
-        u = dtx * B_c
-        _, h = tl.associative_scan((a, tl.where(r == 0, u + a * h_start, u)), 0, _affine)
-        # a_t h_{t-1}, the part of h_t that came through the decay.
-        hm = h - u
-        dC_part = tl.sum(dy_c * h, axis=2, keep_dims=True)
+        # Forward over the chunk: h_t of every step, kept in registers. Past T, dt = 0 and
+        # x = 0 make the step the identity (a_t = 1, u_t = 0).
+        h = h_start
+        H = tl.zeros([L, NT, BD, NL], dtype=tl.float32)
+        if KEEP_A:
+            Ka = tl.zeros([L, NT, BD, NL], dtype=tl.float32)
+        for j in tl.static_range(L):
+            # (A tensor comparison: the interpreter turns bool & python-bool into int32.)
+            ok = zero + (t0 + j) < T
+            dt_j = tl.sum(tl.where(r == j, dt_c, -0.0), axis=0, keep_dims=True)
+            x_j = tl.sum(tl.where(r == j, x_c, -0.0), axis=0, keep_dims=True)
+            B_j = tl.load(bc_p + (t0 + j) * (2 * NP), mask=d_ok & ok, other=0.0)
+            a = tl.exp2(dt_j * A2)
+            h = a * h + (dt_j * x_j) * B_j
+            H = tl.where(r == j, h, H)
+            if KEEP_A:
+                Ka = tl.where(r == j, a, Ka)
 
-        # Adjoint, backwards: q_t = dL/dh_{t-1} = a_t (C_t dy_t + q_{t+1}), q at the chunk end
-        # folded into the last row. The exclusive part eb_t = q_{t+1} gives g_t = dL/dh_t.
-        cdy = C_c * dy_c
-        e_b = a * tl.where(r == L - 1, cdy + q, cdy)
-        if FLIP:
-            # The reverse scan as a forward scan of the time-flipped tile: on the GPU the flips
-            # only rename registers, while associative_scan(reverse=True) costs shuffles.
-            _, qs, _, eb = tl.associative_scan(
-                (tl.flip(a, 0), tl.flip(e_b, 0), ones, zeros), 0, _affine_excl
-            )
-            qs = tl.flip(qs, 0)
-            eb = tl.flip(eb, 0)
-        else:
-            # The same scan; the interpreter runs tl.flip as slow xor reductions.
-            _, qs, _, eb = tl.associative_scan((a, e_b, ones, zeros), 0, _affine_excl, reverse=True)
-        g = cdy + tl.where(r == L - 1, q, eb)
-        q = tl.sum(tl.where(r == 0, qs, -0.0), axis=0, keep_dims=True)
-
-        # dL/d(dt A) = g_t a_t h_{t-1}.
-        gh = g * hm
-        dA_acc += tl.sum(gh * dt_c, axis=0, keep_dims=True)
-        # dx_t = dt_t sum_n B_t g_t; ddt_t = sum_n (x_t B_t g_t + A gh_t).
-        gB = g * B_c
-        dx_c = tl.sum(tl.sum(gB * dt_c, axis=1, keep_dims=True), axis=3, keep_dims=True)
-        ddt_c = tl.sum(tl.sum(gB * x_c + gh * A, axis=1, keep_dims=True), axis=3, keep_dims=True)
-        m_td = (t < T) & (d < D)
-        tl.store(dx_ptr + out_p + t * D, dx_c.to(dx_ptr.dtype.element_ty), mask=m_td)
-        tl.store(ddt_ptr + out_p + t * D, ddt_c.to(ddt_ptr.dtype.element_ty), mask=m_td)
-        dB_part = tl.sum(dtx * g, axis=2, keep_dims=True)
-        m_tn = (t < T) & (n < N)
-        tl.store(dB_ptr + part_p + t * N, dB_part, mask=m_tn)
-        tl.store(dC_ptr + part_p + t * N, dC_part, mask=m_tn)
-    tl.store(dh0_ptr + b * s_hb + st, q, mask=dn_ok)
-    tl.store(dA_ptr + b * s_hb + st, dA_acc, mask=dn_ok)
+        # Backward over the chunk: q_t = dL/dh_{t-1} = a_t (C_t dy_t + q_{t+1}); g_t = dL/dh_t.
+        for jj in tl.static_range(L):
+            jr = L - 1 - jj
+            ok = zero + (t0 + jr) < T
+            dt_j = tl.sum(tl.where(r == jr, dt_c, -0.0), axis=0, keep_dims=True)
+            x_j = tl.sum(tl.where(r == jr, x_c, -0.0), axis=0, keep_dims=True)
+            dy_j = tl.sum(tl.where(r == jr, dy_c, -0.0), axis=0, keep_dims=True)
+            B_j = tl.load(bc_p + (t0 + jr) * (2 * NP), mask=d_ok & ok, other=0.0)
+            C_j = tl.load(bc_p + (t0 + jr) * (2 * NP) + NP, mask=d_ok & ok, other=0.0)
+            h_j = tl.sum(tl.where(r == jr, H, -0.0), axis=0, keep_dims=True)
+            if jr == 0:
+                h_prev = h_start
+            else:
+                h_prev = tl.sum(tl.where(r == jr - 1, H, -0.0), axis=0, keep_dims=True)
+            if KEEP_A:
+                a = tl.sum(tl.where(r == jr, Ka, -0.0), axis=0, keep_dims=True)
+            else:
+                # exp2((2 dt) (A2 / 2)) is exp2(dt A2) exactly, but not an expression the compiler
+                # can merge with the forward pass's (which would keep all L rows of a alive).
+                a = tl.exp2((dt_j + dt_j) * A2h)
+            g = C_j * dy_j + q
+            q = a * g
+            # dL/d(dt A) = g_t a_t h_{t-1}.
+            gh = g * (a * h_prev)
+            dA_acc += dt_j * gh
+            # dx_t = dt_t sum_n B_t g_t; ddt_t = sum_n (x_t B_t g_t + A gh_t).
+            # (A gh = ln 2 A2 gh: the factor goes on the sum.)
+            sBg = tl.sum(tl.sum(B_j * g, axis=1, keep_dims=True), axis=3, keep_dims=True)
+            sAgh = tl.sum(tl.sum(A2 * gh, axis=1, keep_dims=True), axis=3, keep_dims=True)
+            ddt_j = x_j * sBg + 0.6931471805599453 * sAgh
+            m_td = (d < D) & (d * 0 + (t0 + jr) < T)
+            o_p = out_p + (t0 + jr) * D
+            tl.store(dx_ptr + o_p, (dt_j * sBg).to(dx_ptr.dtype.element_ty), mask=m_td)
+            tl.store(ddt_ptr + o_p, ddt_j.to(ddt_ptr.dtype.element_ty), mask=m_td)
+            # dB_t = sum_d dt_t x_t g_t; dC_t = sum_d dy_t h_t (this block's channels).
+            dB_j = tl.sum((dt_j * x_j) * g, axis=2, keep_dims=True)
+            dC_j = tl.sum(dy_j * h_j, axis=2, keep_dims=True)
+            m_tn = n * 0 + (t0 + jr) < T
+            tl.store(part_p + (t0 + jr) * (2 * NP), dB_j, mask=m_tn)
+            tl.store(part_p + (t0 + jr) * (2 * NP) + NP, dC_j, mask=m_tn)
+    tl.store(dh0_ptr + b * D * N + d * N + n, q, mask=dn_ok)
+    tl.store(dA_ptr + b * D * N + d * N + n, dA_acc, mask=dn_ok)
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | None) -> None:
@@ -424,15 +430,37 @@ def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor | 
         raise ValueError("selective_scan_chunk needs CUDA tensors (or TRITON_INTERPRET=1)")
 
 
-def _segments(steps: int, programs: int, device: torch.device) -> int:
-    """Steps per segment of the forward: enough segments to fill the GPU, whole chunks each."""
+def _segments(steps: int, warps: int, device: torch.device) -> int:
+    """Steps per segment of the forward: whole chunks, as few segments as fill the GPU.
+
+    `warps`: the warps of one segment's launch. A second segment costs a second evaluation of
+    every a_t (the local pass), so segments are added only while the GPU has fewer than
+    FWD_WARPS_PER_SM warps per multiprocessor.
+    """
     if _interpreting():
         # Two chunks, so the tests cover the segment carry.
         return 2 * CHUNK
-    # About 16 programs (32 warps) per multiprocessor.
-    target = 16 * torch.cuda.get_device_properties(device).multi_processor_count
-    n_seg = max(1, min(triton.cdiv(steps, CHUNK), target // max(1, programs)))
+    target = FWD_WARPS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    n_seg = max(1, min(triton.cdiv(steps, CHUNK), target // max(1, warps)))
     return triton.cdiv(triton.cdiv(max(steps, 1), n_seg), CHUNK) * CHUNK
+
+
+def _pack(A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """A log2(e) as [D, NP] and B, C as one [B, T, 2, NP] buffer, float32, zero-padded to NP.
+
+    One contiguous float32 row per step: the kernels read B_t and C_t at constant offsets from
+    one address, with no masks and no bf16 unpacking in the loop (the B, C bytes are 1/16 of x's
+    at N = 16, so the copy is cheap).
+    """
+    width, n = A.shape
+    batch, steps, _ = B.shape
+    np2 = triton.next_power_of_2(n)
+    A2 = torch.zeros(width, np2, device=A.device, dtype=torch.float32)
+    A2[:, :n] = A.float() * 1.4426950408889634
+    bc = torch.zeros(batch, steps, 2, np2, device=B.device, dtype=torch.float32)
+    bc[:, :, 0, :n] = B
+    bc[:, :, 1, :n] = C
+    return A2, bc
 
 
 def _forward(
@@ -446,44 +474,43 @@ def _forward(
     cfg: _Config | None = None,
     seg_steps: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """y [B, T, D], h_T [B, D, N] and, if `save`, the chunk-start states [B, T/CHUNK, D, N].
+    """y [B, T, D], h_T [B, D, N] and, if `save`, the chunk-start states [B, T/CHUNK, D, NP].
 
-    Segments of the sequence run in parallel: a local pass (zero start) gives each segment's end
-    state, a carry pass chains them into true start states, and the full pass writes y.
+    One launch walks the whole sequence when series x channels fill the GPU; otherwise segments
+    run in parallel: a local pass (zero start) gives each segment's end state, a carry pass chains
+    them into true start states, and the full pass writes y.
     """
     batch, steps, width = x.shape
     n = A.shape[1]
     cfg = cfg or _fwd_config(width, n)
-    A = A.contiguous()
+    np2 = triton.next_power_of_2(n)
+    A2, bc = _pack(A, B, C)
     dev = x.device
     n_dblocks = triton.cdiv(width, cfg.BD)
-    seg = seg_steps or _segments(steps, n_dblocks * batch, dev)
+    seg = seg_steps or _segments(steps, n_dblocks * batch * cfg.warps, dev)
     n_seg = max(1, triton.cdiv(steps, seg))
     y = _empty(batch, steps, width, device=dev, dtype=x.dtype)
     hT = _empty(batch, width, n, device=dev, dtype=x.dtype if h0 is None else h0.dtype)
     n_chunks = triton.cdiv(steps, CHUNK)
-    hs = _empty(batch, n_chunks, width, n, device=dev, dtype=torch.float32) if save else None
+    hs = _empty(batch, n_chunks, width, np2, device=dev, dtype=torch.float32) if save else None
     # Segment start states, and the local end states and summed dt of all segments but the last.
-    hseg = _empty(batch, n_seg, width, n, device=dev, dtype=torch.float32)
-    hloc = _empty(batch, n_seg, width, n, device=dev, dtype=torch.float32)
+    hseg = _empty(batch, n_seg, width, np2, device=dev, dtype=torch.float32)
+    hloc = _empty(batch, n_seg, width, np2, device=dev, dtype=torch.float32)
     sdt = _empty(batch, n_seg, width, device=dev, dtype=torch.float32)
-    strides = [*x.stride(), *dt.stride(), *B.stride(), *C.stride(), width * n, n, 1, *y.stride()]
-    meta = {"CHUNK_STEPS": CHUNK, "BD": cfg.BD, "NT": cfg.NT, "NL": cfg.NL}
-    ptrs = [x, dt, A, B, C]
+    strides = [*x.stride(), *dt.stride(), *y.stride()]
+    meta = {"L": CHUNK, "NP": np2, "BD": cfg.BD, "NT": cfg.NT, "NL": cfg.NL}
     if n_seg > 1:
-        grid = (n_dblocks, batch, n_seg - 1)
-        _fwd_kernel[grid](
-            *ptrs, hloc, y, hT, hT, sdt, steps, width, n, seg, n_seg, *strides,
+        _fwd_kernel[(n_dblocks, batch, n_seg - 1)](
+            x, dt, A2, bc, hloc, y, hT, hT, sdt, steps, width, n, seg, n_seg, *strides,
             LOCAL=True, SAVE=False, num_warps=cfg.warps, **meta,
         )  # fmt: skip
     _carry_kernel[(n_dblocks, batch)](
-        A, h0.contiguous() if h0 is not None else hT, hloc, sdt, hseg, width, n, n_seg,
-        width * n, n, 1, HAS_H0=h0 is not None, BD=cfg.BD, NT=cfg.NT, NL=cfg.NL,
-        num_warps=cfg.warps,
+        A2, h0.contiguous() if h0 is not None else hT, hloc, sdt, hseg, width, n, n_seg,
+        HAS_H0=h0 is not None, NP=np2, BD=cfg.BD, NT=cfg.NT, NL=cfg.NL, num_warps=cfg.warps,
     )  # fmt: skip
     _fwd_kernel[(n_dblocks, batch, n_seg)](
-        *ptrs, hseg, y, hT, hs if hs is not None else hT, sdt, steps, width, n, seg, n_seg,
-        *strides, LOCAL=False, SAVE=save, num_warps=cfg.warps, **meta,
+        x, dt, A2, bc, hseg, y, hT, hs if hs is not None else hT, sdt, steps, width, n, seg,
+        n_seg, *strides, LOCAL=False, SAVE=save, num_warps=cfg.warps, **meta,
     )  # fmt: skip
     return y, hT, hs
 
@@ -498,59 +525,33 @@ def _backward(
     dy: Tensor,
     dhT: Tensor | None,
     cfg: _Config | None = None,
+    keep_a: bool = KEEP_A,
+    maxnreg: int | None = BWD_MAXNREG,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """dx, ddt [B, T, D]; dA [D, N]; dB, dC [B, T, N]; dh0 [B, D, N] (float32)."""
     batch, steps, width = x.shape
     n = A.shape[1]
     cfg = cfg or _bwd_config(width, n)
-    if cfg.L != CHUNK or hs.shape[1] != triton.cdiv(steps, CHUNK):
+    np2 = triton.next_power_of_2(n)
+    if cfg.L != CHUNK or tuple(hs.shape) != (batch, triton.cdiv(steps, CHUNK), width, np2):
         raise ValueError(f"saved states {tuple(hs.shape)} do not match chunks of {CHUNK} steps")
-    A = A.contiguous()
+    A2, bc = _pack(A, B, C)
     n_dblocks = triton.cdiv(width, cfg.BD)
     dev = x.device
     dx = _empty(batch, steps, width, device=dev, dtype=x.dtype)
     ddt = _empty(batch, steps, width, device=dev, dtype=dt.dtype)
     dA_part = _empty(batch, width, n, device=dev, dtype=torch.float32)
-    dB_part = _empty(n_dblocks, batch, steps, n, device=dev, dtype=torch.float32)
-    dC_part = _empty(n_dblocks, batch, steps, n, device=dev, dtype=torch.float32)
+    dbc_part = _empty(n_dblocks, batch, steps, 2, np2, device=dev, dtype=torch.float32)
     dh0 = _empty(batch, width, n, device=dev, dtype=torch.float32)
     _bwd_kernel[(n_dblocks, batch)](
-        x,
-        dt,
-        A,
-        B,
-        C,
-        hs,
-        dy,
-        dhT.contiguous() if dhT is not None else dh0,
-        dx,
-        ddt,
-        dA_part,
-        dB_part,
-        dC_part,
-        dh0,
-        steps,
-        width,
-        n,
-        batch,
-        *x.stride(),
-        *dt.stride(),
-        *B.stride(),
-        *C.stride(),
-        width * n,
-        n,
-        1,
-        *dy.stride(),
-        HAS_DHT=dhT is not None,
-        FLIP=not _interpreting(),
-        L=cfg.L,
-        BD=cfg.BD,
-        NT=cfg.NT,
-        NL=cfg.NL,
-        num_warps=cfg.warps,
-    )
+        x, dt, A2, bc, hs, dy, dhT.contiguous() if dhT is not None else dh0, dx, ddt, dA_part,
+        dbc_part, dh0, steps, width, n, batch, *x.stride(), *dt.stride(), *dy.stride(), 1, 1,
+        HAS_DHT=dhT is not None, KEEP_A=keep_a, L=cfg.L, NP=np2, BD=cfg.BD, NT=cfg.NT,
+        NL=cfg.NL, num_warps=cfg.warps, **({} if maxnreg is None else {"maxnreg": maxnreg}),
+    )  # fmt: skip
     # Fixed-order sums over series (dA) and D blocks (dB, dC): deterministic.
-    return dx, ddt, dA_part.sum(0), dB_part.sum(0), dC_part.sum(0), dh0
+    dbc = dbc_part.sum(0)
+    return dx, ddt, dA_part.sum(0), dbc[:, :, 0, :n], dbc[:, :, 1, :n], dh0
 
 
 class _SelectiveScanChunk(torch.autograd.Function):
