@@ -42,6 +42,8 @@ __all__ = ["CheckpointError", "ProcessorConfig", "StreamProcessor", "forecast_me
 
 log = logging.getLogger("statecast.serving")
 
+CLOSE_TIMEOUT_S = 5.0
+
 
 @dataclass(frozen=True)
 class ProcessorConfig:
@@ -225,10 +227,18 @@ class StreamProcessor:
         self._consumer.subscribe([self.cfg.in_topic], listener=_Rebalance(self))
 
     def close(self) -> None:
-        for client in (self._consumer, self._producer):
+        # Bounded: a producer left with a batch it cannot deliver (after a refused record,
+        # kafka-python may retry a split batch out of sequence) would otherwise wait out the 120 s
+        # delivery timeout here. What it drops belonged to an aborted transaction, and the next
+        # producer's init_transactions fences it anyway.
+        closers = [
+            (self._consumer, lambda c: c.close(timeout_ms=CLOSE_TIMEOUT_S * 1000)),
+            (self._producer, lambda p: p.close(timeout=CLOSE_TIMEOUT_S)),
+        ]
+        for client, close in closers:
             if client is not None:
                 try:
-                    client.close()
+                    close(client)
                 except Exception:  # closing is best effort; the broker fences us anyway
                     log.exception("closing a Kafka client")
         self._consumer = self._producer = None
@@ -303,7 +313,7 @@ class StreamProcessor:
             self._rewind()
             return 0
         if due:
-            # The clock restarts only once the checkpoint is durable (see _rewind).
+            # The clock restarts only once the checkpoint is durable (see restore).
             now = time.monotonic()
             for tp in due:
                 self._last_checkpoint[tp] = now
@@ -515,9 +525,14 @@ class StreamProcessor:
                 )
                 store = self._rewarm(store)
             self.stores[tp] = store
-            # Stagger the partitions' checkpoints over the interval (golden-ratio phases).
+            # Stagger the partitions' checkpoints over the interval (golden-ratio phases). A
+            # partition restored again (rewind, reopened clients) keeps its clock: a checkpoint
+            # that was due, perhaps refused, stays due, so the next transaction carries it rather
+            # than committing offsets further past the last durable one.
             phase = (tp.partition * 0.6180339887) % 1.0
-            self._last_checkpoint[tp] = time.monotonic() - phase * self.cfg.checkpoint_interval_s
+            self._last_checkpoint.setdefault(
+                tp, time.monotonic() - phase * self.cfg.checkpoint_interval_s
+            )
             replayed = 0
             if committed is not None and (start is None or start < committed):
                 replayed = self._replay(tp, start, committed)
@@ -652,14 +667,9 @@ class StreamProcessor:
     def _rewind(self) -> None:
         assert self._consumer is not None
         tps = list(self.stores)
-        # Keep each partition's checkpoint clock: a checkpoint that was due (and perhaps refused)
-        # stays due, so the next transaction carries it again rather than committing offsets
-        # further past the last durable one.
-        clocks = {tp: self._last_checkpoint[tp] for tp in tps if tp in self._last_checkpoint}
         self.stores.clear()
         self._changelog_sends = []
-        self.restore(tps)
-        self._last_checkpoint.update(clocks)
+        self.restore(tps)  # keeps each partition's checkpoint clock (see restore)
 
     def _rewarm(self, store: PartitionStore) -> PartitionStore:
         from serving.hot_swap import rewarm
