@@ -435,7 +435,10 @@ def run_demo(cfg: DemoConfig) -> int:
         services.ray = True
         _start_ray()
         _train(cfg)
-        signal.signal(signal.SIGTERM, on_term)  # ray.init installs its own; the demo's cleans up
+        # Ray installs its own handlers and Ray Train's fit() leaves its SIGINT handler behind
+        # (it aborts a training run that is over, and swallows Ctrl-C): put the demo's back.
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         from ray import serve
 
