@@ -141,11 +141,13 @@ def test_demo_streams_and_the_ui_shows_it(tmp_path: Path) -> None:
         assert started, "the demo runs its services as child processes"
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(180) == 0, "".join(lines[-40:])
-        reader.join(10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+        reader.join(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
     out = "".join(lines)
     (SHOTS / "output.txt").write_text(out)
     assert "stopped everything it started" in out
