@@ -192,8 +192,18 @@ def _submit(args: argparse.Namespace) -> int:
     # `python -m statecast` needs only the package on the cluster's Python, not a script on PATH.
     entrypoint = shlex.join(["python", "-m", "statecast", "train", *train_args])
     runtime_env = {"working_dir": args.working_dir} if args.working_dir else None
-    client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    from ray.exceptions import AuthenticationError
+
+    try:
+        # Ray's job server takes a bearer token (RAY_AUTH_MODE=token on the cluster; the client
+        # sends RAY_AUTH_TOKEN or the token file): submitting training is authenticated there.
+        client = JobSubmissionClient(address)
+        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    except AuthenticationError as e:
+        print(
+            f"statecast submit: the job server at {address} refused the token: {e}", file=sys.stderr
+        )
+        return 3
     print(job_id, flush=True)
     if not args.wait:
         return 0

@@ -59,6 +59,13 @@ def test_submit_runs_training_as_a_ray_job(
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "invalid int value" in bad.stderr
+    # Submitting training is authenticated: a wrong token is refused with a clear message.
+    wrong = subprocess.run(
+        [sys.executable, "-m", "statecast", "submit", "--address", address, "--", *args],
+        env={**env, "RAY_AUTH_TOKEN": "0" * 64}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert wrong.returncode == 3, wrong.stderr[-2000:]
+    assert "refused the token" in wrong.stderr and "Traceback" not in wrong.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "statecast", "submit", "--address", address, "--wait", "--", *args],
         env=env, capture_output=True, text=True, timeout=600,
