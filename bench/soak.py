@@ -28,7 +28,6 @@ import csv
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -51,6 +50,7 @@ from bench.stream import (
     _produce,
     _rss_of,
     _wait_committed,
+    start_worker,
 )
 
 __all__ = ["Sample", "flatness", "main"]
@@ -90,27 +90,6 @@ def flatness(samples: list[Sample], rate: float, tol: float = 0.10) -> dict[str,
         )
         out[name] = f"{verdict}: {change}"
     return out
-
-
-def _worker(boot: str, folder: Path, topic: str, out: str, group: str, log: Path) -> Any:
-    """The processor as in production: its own process."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "serving.worker",
-        "--model-uri",
-        str(folder),
-        "--bootstrap-servers",
-        boot,
-        "--in-topic",
-        topic,
-        "--out-topic",
-        out,
-        "--group",
-        group,
-    ]
-    with open(log, "w") as f:
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
 
 class Pacer(threading.Thread):
@@ -169,7 +148,8 @@ def soak(boot: str, args: argparse.Namespace, tmp: Path) -> tuple[list[Sample], 
     backlog = 0 if rate else args.calibrate_events
     if backlog:
         _produce(boot, topic, args.series, 0, backlog)
-    worker = _worker(boot, folder, topic, out, group, args.out / "worker.log")
+    log = open(args.out / "worker.log", "w")  # noqa: SIM115 (the worker keeps it)
+    worker = start_worker(boot, folder, topic, out, group, log)
     consumer = None
     pacer = None
     try:

@@ -25,10 +25,12 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import orjson
@@ -110,6 +112,24 @@ def _committed(admin, group: str, topic: str) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
 
 
+def start_worker(
+    boot: str,
+    folder: Path,
+    topic: str,
+    out: str,
+    group: str,
+    log: IO[str],
+    options: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """The processor as in production: `python -m serving.worker`, its own process."""
+    cmd = [
+        sys.executable, "-m", "serving.worker", "--model-uri", str(folder),
+        "--bootstrap-servers", boot, "--in-topic", topic, "--out-topic", out, "--group", group,
+        *(options or []),
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
 def _wait_committed(admin, group: str, topic: str, target: int, timeout: float, worker) -> int:
     deadline = time.monotonic() + timeout
     while (done := _committed(admin, group, topic)) < target:
@@ -133,7 +153,6 @@ def run_one(
 ) -> None:
     """One series count; the processor runs as its own process (`python -m serving.worker`), as
     in production, so the producer and consumer of this benchmark do not share its interpreter."""
-    import sys
 
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -150,27 +169,10 @@ def run_one(
     t = time.perf_counter()
     _produce(boot, topic, n_series, 0, events)
     produce_s = time.perf_counter() - t
-    cmd = [
-        sys.executable,
-        "-m",
-        "serving.worker",
-        "--model-uri",
-        str(folder),
-        "--bootstrap-servers",
-        boot,
-        "--in-topic",
-        topic,
-        "--out-topic",
-        out,
-        "--group",
-        group,
-        "--checkpoint-interval",
-        str(args.checkpoint_interval),
-        "--max-poll-records",
-        str(args.max_poll),
-    ]
+    options = ["--checkpoint-interval", str(args.checkpoint_interval)]
+    options += ["--max-poll-records", str(args.max_poll)]
     log = open(tmp / f"worker-{n_series}.log", "w")  # noqa: SIM115
-    worker = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    worker = start_worker(boot, folder, topic, out, group, log, options)
     try:
         # Throughput from the backlog; the clock starts at the first commit.
         e0 = _wait_committed(admin, group, topic, 1, 300, worker)
