@@ -121,7 +121,7 @@ def _kill_points(rng: np.random.Generator, n_events: int, kills: int) -> list[in
     return [int(rng.integers(int(a), int(b))) for a, b in itertools.pairwise(edges)]
 
 
-@pytest.mark.timeout(900)  # 7.3 min measured on the 2-core machine at load average 10-13
+@pytest.mark.timeout(900)  # 280-466 s measured on the 2-core machine at load average 7-13
 def test_ten_sigkills_in_a_long_stream_lose_and_duplicate_nothing(
     kafka_bootstrap: str, tmp_path: Path, reliability: Callable[[Trial], None]
 ) -> None:
