@@ -36,7 +36,7 @@ from forecast import build_model
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import read_dataset
 from pipelines.evaluate import evaluate_model
-from pipelines.fit import train_epoch, training_windows, validate
+from pipelines.fit import make_optimizer, train_epoch, training_windows, validate
 from pipelines.protocol import protocol_splits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def run_one(path: Path, cfg: TrainConfig, device: str, label: str = "") -> dict[
     model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
     model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     windows = training_windows(data.n_series, splits.train, cfg)
     best, best_state, bad, epochs = math.inf, None, 0, 0
     start = time.perf_counter()
@@ -121,6 +121,13 @@ def method_parser() -> argparse.ArgumentParser:
     p.add_argument("--linear-lookback", type=int, default=None, help="default: the lookback")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--loss-positions", default="origin", choices=["origin", "all"])
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--linear-lr", type=float, default=None, help="default: --lr")
+    p.add_argument("--linear-norm", default="running", choices=["running", "window"])
+    p.add_argument("--zero-head", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--mse-weight", type=float, default=1.0)
+    p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -144,6 +151,13 @@ def train_config(args: argparse.Namespace, data: str, lookback: int, horizon: in
         linear_lookback=args.linear_lookback,
         dropout=args.dropout,
         loss_positions=args.loss_positions,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        linear_lr=args.linear_lr,
+        linear_norm=args.linear_norm,
+        zero_head=args.zero_head,
+        mse_weight=args.mse_weight,
+        d_state=args.d_state,
         seed=args.seed,
     )
 
@@ -210,14 +224,14 @@ def main() -> None:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
-        "| dataset | H | L | variant | test MSE | test MAE | full-history MSE "
+        "| dataset | H | L | variant | val MSE | test MSE | test MAE | full-history MSE "
         "| best published (L=96 / any) | epochs | train s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['dataset']} | {r['horizon']} | {r['lookback']} | {r['variant']} "
-            f"| {r['test_mse']:.3f} | "
+            f"| {r['val_mse']:.3f} | {r['test_mse']:.3f} | "
             f"{r['test_mae']:.3f} | {r['full_history_mse']:.3f} | {r['published_best_l96']} / "
             f"{r['published_best_any']} | {r['epochs']} | {r['train_seconds']} |"
         )

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KINDS", "ConfigError", "ModelConfig"]
+__all__ = ["KINDS", "LINEAR_NORMS", "ConfigError", "ModelConfig"]
 
 KINDS = ("diagonal_ssm", "selective_ssm", "rwkv7")
+LINEAR_NORMS = ("running", "window")
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,13 @@ class ModelConfig:
     linear_lookback: int = 96
     # Dropout on the features entering the backbone and the head (training only).
     dropout: float = 0.0
+    # What the linear path's window is normalised by: "running" (the running level and scale at
+    # the forecast origin) or "window" (the window's own mean and std, RevIN as in RLinear; still
+    # streaming-exact, since the window is in the state, so the state layout is the same).
+    linear_norm: str = "running"
+    # Start the quantile head at zero, so an untrained model forecasts what the linear path does
+    # (a random head adds noise of about 0.6 running std to every first forecast).
+    zero_head: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -73,6 +81,12 @@ class ModelConfig:
             raise ConfigError(
                 f"ModelConfig.channel_independent must be a bool, got {self.channel_independent!r}"
             )
+        if self.linear_norm not in LINEAR_NORMS:
+            raise ConfigError(
+                f"ModelConfig.linear_norm must be one of {LINEAR_NORMS}, got {self.linear_norm!r}"
+            )
+        if not isinstance(self.zero_head, bool):
+            raise ConfigError(f"ModelConfig.zero_head must be a bool, got {self.zero_head!r}")
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
             raise ConfigError(f"ModelConfig.dropout must be a number in [0, 1), got {d!r}")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from forecast.adaptive_norm import VAR_FLOOR
 from forecast.config import ModelConfig
 
 __all__ = ["FeedForward", "InputEncoder", "LinearPath", "LinearPathState", "QuantileHead"]
@@ -70,6 +71,10 @@ class QuantileHead(nn.Module):
         self.shape = (cfg.horizon, width, len(cfg.quantiles))
         self.median = cfg.median_index
         self.proj = nn.Linear(cfg.d_model, cfg.horizon * width * len(cfg.quantiles))
+        if cfg.zero_head:
+            with torch.no_grad():
+                self.proj.weight.zero_()
+                self.proj.bias.zero_()
 
     def forward(self, h: Tensor, offset: Tensor | None = None) -> Tensor:
         """h [..., D] (or [..., C, D]) -> [..., H, C, Q]; `offset` [..., H, C] is added to the
@@ -110,11 +115,16 @@ class LinearPath(nn.Module):
         offset_t = W ((w_t - mean_t) / std_t) + b,   w_t = (z_{t-L+1}, ..., z_t),
     W [H, L] shared across channels. A missing value enters the window as the running mean of its
     time; before L values have been seen, the window's head holds the prior mean (0).
+
+    With cfg.linear_norm "window" the window is normalised by its own mean m_t and std s_t
+    (RevIN, as RLinear) and the map's output denormalised by them:
+        f_t = s_t (W ((w_t - m_t) / s_t) + b) + m_t,   offset_t = (f_t - mean_t) / std_t.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.length = cfg.linear_lookback
+        self.window_norm = cfg.linear_norm == "window"
         self.proj = nn.Linear(cfg.linear_lookback, cfg.horizon)
         with torch.no_grad():
             # Start as "repeat the level": the forecast is the running mean, as RLinear's init
@@ -129,11 +139,27 @@ class LinearPath(nn.Module):
             torch.zeros(batch, n_channels, self.length, device=device, dtype=dtype)
         )
 
-    def _map(self, raw: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-        """raw = W w_t [..., C, H]; mean, std [..., C] -> offsets [..., H, C]."""
+    def _map(
+        self, raw: Tensor, mean: Tensor, std: Tensor, sums: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
+        """raw = W w_t [..., C, H]; mean, std [..., C]; sums: the window's mean and mean square
+        [..., C] (with linear_norm "window") -> offsets [..., H, C]."""
         w1 = self.proj.weight.sum(-1)  # W 1 [H]
-        out = (raw - mean[..., None] * w1) / std[..., None] + self.proj.bias
+        if sums is None:
+            out = (raw - mean[..., None] * w1) / std[..., None] + self.proj.bias
+        else:
+            wm, wsq = sums
+            # The same E[w^2] - m^2 in `forward` and `step`, so both compute the same std.
+            ws = torch.sqrt((wsq - wm * wm).clamp_min(0.0) + VAR_FLOOR)
+            f = raw - wm[..., None] * (w1 - 1.0) + ws[..., None] * self.proj.bias
+            out = (f - mean[..., None]) / std[..., None]
         return out.transpose(-1, -2)
+
+    def _sums(self, window: Tensor) -> tuple[Tensor, Tensor] | None:
+        """window [..., L] -> its mean and mean square [...] (None without window norm)."""
+        if not self.window_norm:
+            return None
+        return window.mean(-1), (window * window).mean(-1)
 
     def forward(
         self, z: Tensor, mean: Tensor, std: Tensor, s: LinearPathState, last_only: bool = False
@@ -145,16 +171,24 @@ class LinearPath(nn.Module):
         nxt = LinearPathState(seq[..., seq.shape[-1] - self.length :])
         if last_only:
             raw = nxt.window @ self.proj.weight.T  # [B, C, H]
-            return self._map(raw, mean, std), nxt
+            return self._map(raw, mean, std, self._sums(nxt.window)), nxt
         b, c, n = seq.shape
+        flat = seq.reshape(b * c, 1, n)[..., 1:]
         # Every window of L ending at each of the T new steps: a convolution with W.
-        raw = F.conv1d(seq.reshape(b * c, 1, n)[..., 1:], self.proj.weight[:, None])
+        raw = F.conv1d(flat, self.proj.weight[:, None])
         raw = raw.reshape(b, c, -1, steps).permute(0, 3, 1, 2)  # [B, T, C, H]
-        return self._map(raw, mean, std), nxt
+        sums = None
+        if self.window_norm:
+            # Each window's mean and mean square: a moving average over L, [B, T, C].
+            pooled = [F.avg_pool1d(v, self.length, stride=1) for v in (flat, flat * flat)]
+            wm, wsq = (p.reshape(b, c, steps).transpose(1, 2) for p in pooled)
+            sums = (wm, wsq)
+        return self._map(raw, mean, std, sums), nxt
 
     def step(
         self, z: Tensor, mean: Tensor, std: Tensor, s: LinearPathState
     ) -> tuple[Tensor, LinearPathState]:
         """z, mean, std [B, C] -> (offsets [B, H, C], state)."""
         window = torch.cat([s.window[..., 1:], z[..., None]], dim=-1)
-        return self._map(window @ self.proj.weight.T, mean, std), LinearPathState(window)
+        raw = window @ self.proj.weight.T
+        return self._map(raw, mean, std, self._sums(window)), LinearPathState(window)

@@ -13,6 +13,7 @@ __all__ = ["DataConfig", "TrainConfig", "config_from_dict"]
 
 SPLITS = ("auto", "ett-hourly", "ett-15min", "ratio")
 LOSS_POSITIONS = ("origin", "all")
+LR_SCHEDULES = ("constant", "cosine")
 C = TypeVar("C")
 
 
@@ -65,6 +66,13 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.01
+    # Learning rate over training: "constant", or "cosine" (decay to 0 at the last step of
+    # `epochs`); either after a linear warm-up of `warmup_epochs` (fractions allowed).
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    # Learning rate of the linear path's weights (None: `lr`): a linear map of L values to H
+    # learns slowly at the rate that suits the recurrent backbone.
+    linear_lr: float | None = None
     # Stop after this many epochs without a better validation loss.
     patience: int = 3
     # Cap on optimiser steps per epoch (0 = one pass over all training windows).
@@ -84,6 +92,9 @@ class TrainConfig:
     # Length of the linear path (forecast/layers.py LinearPath); None: the lookback; 0: none.
     linear_lookback: int | None = None
     dropout: float = 0.0
+    # ModelConfig.linear_norm and ModelConfig.zero_head (forecast/config.py).
+    linear_norm: str = "running"
+    zero_head: bool = False
     # Where the loss is taken: "origin" (the last position of each window: what is scored) or
     # "all" (every position of the lookback forecasts its next `horizon` rows).
     loss_positions: str = "origin"
@@ -106,6 +117,16 @@ class TrainConfig:
             raise ValueError("TrainConfig.steps_per_epoch must be >= 0")
         if not self.lr > 0 or self.weight_decay < 0 or self.mse_weight < 0:
             raise ValueError("TrainConfig: lr must be > 0, weight_decay and mse_weight >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
+        if isinstance(self.warmup_epochs, bool) or not self.warmup_epochs >= 0:
+            raise ValueError(
+                f"TrainConfig.warmup_epochs must be a number >= 0, got {self.warmup_epochs!r}"
+            )
+        if self.linear_lr is not None and not self.linear_lr > 0:
+            raise ValueError(f"TrainConfig.linear_lr must be None or > 0, got {self.linear_lr!r}")
         if self.loss_positions not in LOSS_POSITIONS:
             raise ValueError(
                 f"TrainConfig.loss_positions must be one of {LOSS_POSITIONS}, "
@@ -139,6 +160,8 @@ class TrainConfig:
             channel_independent=self.channel_independent,
             linear_lookback=self.lookback if self.linear_lookback is None else self.linear_lookback,
             dropout=self.dropout,
+            linear_norm=self.linear_norm,
+            zero_head=self.zero_head,
         )
 
 

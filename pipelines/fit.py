@@ -15,7 +15,14 @@ from forecast.model import Forecaster
 from pipelines.config import TrainConfig
 from pipelines.protocol import ErrorSums, window_starts
 
-__all__ = ["forecast_loss", "train_epoch", "training_windows", "validate"]
+__all__ = [
+    "forecast_loss",
+    "lr_factor",
+    "make_optimizer",
+    "train_epoch",
+    "training_windows",
+    "validate",
+]
 
 
 def training_windows(
@@ -24,6 +31,37 @@ def training_windows(
     """(series, start row) of every training window (input and target inside `bounds`)."""
     starts = window_starts(bounds, cfg.lookback, cfg.horizon)
     return [(s, int(t)) for s in range(n_series) for t in starts]
+
+
+def make_optimizer(model: Forecaster, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the model's parameters; with cfg.linear_lr the linear path's weights form a
+    second group at that rate. Every group keeps its rate in "base_lr" for the schedule."""
+    linear = []
+    if cfg.linear_lr is not None and model.linear is not None:
+        linear = list(model.linear.parameters())
+    taken = {id(p) for p in linear}
+    groups: list[dict[str, object]] = [
+        {"params": [p for p in model.parameters() if id(p) not in taken], "lr": cfg.lr}
+    ]
+    if linear:
+        groups.append({"params": linear, "lr": cfg.linear_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for group in opt.param_groups:
+        group["base_lr"] = group["lr"]
+    return opt
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The multiple of the base learning rate at optimiser step `step` (counted from 0 over all
+    epochs): a linear warm-up over cfg.warmup_epochs, then constant or a cosine decay that
+    reaches 0 at the end of cfg.epochs. A pure function of the step, so resuming needs no
+    scheduler state."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = cfg.warmup_epochs * steps_per_epoch
+    factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+    if cfg.lr_schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return factor
 
 
 def forecast_loss(
@@ -63,7 +101,9 @@ def train_epoch(
     `wrapped` is what runs forward (the model, or its DistributedDataParallel wrapper). With
     cfg.loss_positions "origin" the loss is on each window's forecast origin (its last position,
     what the protocol scores); with "all" every position of the lookback is trained to forecast
-    its next `horizon` rows. `on_batch(done, total)` is called after every batch (progress).
+    its next `horizon` rows. With a schedule or warm-up (cfg.lr_schedule, cfg.warmup_epochs)
+    each group's rate is set before every step from its "base_lr" (make_optimizer).
+    `on_batch(done, total)` is called after every batch (progress).
     """
     rng = np.random.default_rng(cfg.seed + epoch)
     order = rng.permutation(len(windows))[rank::world]
@@ -71,9 +111,14 @@ def train_epoch(
     if cfg.steps_per_epoch:
         n_batches = min(n_batches, cfg.steps_per_epoch)
     span = cfg.lookback + cfg.horizon
+    scheduled = cfg.lr_schedule != "constant" or cfg.warmup_epochs > 0
     wrapped.train()
     losses = []
     for b in range(n_batches):
+        if scheduled:
+            factor = lr_factor(cfg, epoch * n_batches + b, n_batches)
+            for group in opt.param_groups:
+                group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
         picked = [windows[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
         x = torch.tensor(np.stack([values[s, t : t + span] for s, t in picked]), device=device)
         cov = torch.tensor(

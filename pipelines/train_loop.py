@@ -22,7 +22,7 @@ from forecast import ModelConfig, build_model
 from forecast.model import Forecaster
 from pipelines import settings
 from pipelines.config import TrainConfig
-from pipelines.fit import train_epoch, training_windows, validate
+from pipelines.fit import make_optimizer, train_epoch, training_windows, validate
 from pipelines.progress import throttled
 from pipelines.tracking import MetricBuffer
 
@@ -46,7 +46,7 @@ def train_loop(config: dict[str, Any]) -> None:
     with torch.no_grad():
         model.encoder.loc.copy_(torch.tensor(config["loc"]))
         model.encoder.scale.copy_(torch.tensor(config["scale"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     progress = {"epoch": -1, "best_val_mse": math.inf, "bad_epochs": 0}
     best_weights = None
     checkpoint = ray.train.get_checkpoint()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from forecast import KINDS, ConfigError, ModelConfig, build_model
-from forecast.adaptive_norm import AdaptiveNorm
+from forecast.adaptive_norm import VAR_FLOOR, AdaptiveNorm
 from forecast.layers import LinearPath
 from tests.forecast.test_models import assert_states_close, make_inputs, make_model
 from tests.helpers import assert_close
@@ -17,6 +17,8 @@ OPTIONS = [
     dict(channel_independent=True, linear_lookback=0, norm_halflife=0),
     dict(channel_independent=False, linear_lookback=6, norm_halflife=0),
     dict(channel_independent=False, linear_lookback=6, norm_halflife=5, dropout=0.3),
+    dict(channel_independent=False, linear_lookback=6, norm_halflife=5, linear_norm="window"),
+    dict(channel_independent=True, linear_lookback=5, norm_halflife=0, linear_norm="window"),
 ]
 
 
@@ -92,6 +94,52 @@ def test_linear_path_is_the_normalised_linear_map() -> None:
     assert torch.equal(state.window, z[:, -5:].transpose(1, 2))
 
 
+def test_window_norm_is_revin_on_the_linear_window() -> None:
+    """linear_norm="window": each window normalised by its own mean and std (RevIN), mapped,
+    denormalised, then expressed in the running-normalised units of the origin."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        kind="diagonal_ssm", n_channels=2, horizon=3, linear_lookback=5, linear_norm="window"
+    )
+    path = LinearPath(cfg).double()
+    with torch.no_grad():
+        path.proj.weight.normal_()
+        path.proj.bias.normal_()
+    z = torch.randn(1, 9, 2, dtype=torch.float64) * 3 + 2
+    mean = torch.randn(1, 9, 2, dtype=torch.float64)
+    std = torch.rand(1, 9, 2, dtype=torch.float64) + 0.5
+    start = path.init_state(1, 2, torch.device("cpu"), torch.float64)
+    out, _ = path(z, mean, std, start)
+    last, _ = path(z, mean[:, -1], std[:, -1], start, last_only=True)
+    assert_close("last_only", out[:, -1], last)
+    for t in (4, 8):
+        for c in range(2):
+            w = z[0, t - 4 : t + 1, c]
+            m, s = w.mean(), torch.sqrt(w.var(unbiased=False) + VAR_FLOOR)
+            f = s * (path.proj.weight @ ((w - m) / s) + path.proj.bias) + m
+            assert_close("revin", (f - mean[0, t, c]) / std[0, t, c], out[0, t, :, c])
+
+
+def test_zero_head_starts_as_the_linear_path() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="diagonal_ssm", n_channels=2, horizon=4, zero_head=True)
+    model = build_model(cfg).double()
+    assert not model.head.proj.weight.any() and not model.head.proj.bias.any()
+    x = torch.randn(1, 50, 2, dtype=torch.float64) + 3.0
+    with torch.no_grad():
+        y, state = model(x, last_only=True)
+    # The linear path starts at zero too: the forecast is the running mean.
+    assert_close("level", state.layers[0].mean[:, None, :].expand(1, 4, 2), model.point(y))
+
+
+def test_new_options_keep_the_state_layout() -> None:
+    base = make_model("diagonal_ssm", linear_lookback=6, norm_halflife=5)
+    other = make_model(
+        "diagonal_ssm", linear_lookback=6, norm_halflife=5, linear_norm="window", zero_head=True
+    )
+    assert base.init_state(2).layout() == other.init_state(2).layout()
+
+
 def test_linear_path_starts_as_the_running_level() -> None:
     """Before training, with the head silenced, the forecast is the running mean."""
     torch.manual_seed(0)
@@ -144,6 +192,8 @@ def test_dropout_only_while_training() -> None:
         ("dropout", -0.1),
         ("dropout", True),
         ("channel_independent", 1),
+        ("linear_norm", "revin"),
+        ("zero_head", 0),
     ],
 )
 def test_bad_options_name_the_field(field: str, value: object) -> None:
@@ -154,4 +204,5 @@ def test_bad_options_name_the_field(field: str, value: object) -> None:
 def test_defaults_are_the_benchmarked_method() -> None:
     cfg = ModelConfig(kind="selective_ssm", n_channels=7, horizon=96)
     assert (cfg.norm_halflife, cfg.linear_lookback, cfg.channel_independent) == (96, 96, False)
+    assert (cfg.linear_norm, cfg.zero_head) == ("running", False)
     assert ModelConfig.from_json(cfg.to_json()) == cfg
