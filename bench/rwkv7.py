@@ -322,12 +322,15 @@ def rows(
 
 
 def _tune() -> list[str]:
-    """Forward and forward+backward at the main shape for a few block settings."""
+    """Forward and forward+backward at the main shape for a few block settings; a variant with
+    backward is also checked against float64 (bfloat16 inputs), since warps and layouts change
+    the generated code."""
     lines = []
     # (kernel, module, setting, value, function, with backward)
     variants: list[tuple[str, Any, str, Any, Scan, bool]] = [
-        ("chunk", chunk, "DOT_PRECISION", "tf32", rwkv7_chunk, False),
-        ("chunk", chunk, "ROWS", 64, rwkv7_chunk, False),
+        ("chunk", chunk, "DOT_PRECISION_BF16", "tf32x3", rwkv7_chunk, True),
+        ("chunk", chunk, "CHUNK_BWD_WARPS", 4, rwkv7_chunk, True),
+        ("chunk", chunk, "ROWS", 32, rwkv7_chunk, False),
         ("chunk", chunk, "CHUNK", 32, rwkv7_chunk, False),
         ("recurrent", fused_recurrent, "FWD_ROWS", 64, rwkv7_fused_recurrent, False),
         ("recurrent", fused_recurrent, "FWD_WARPS", 4, rwkv7_fused_recurrent, False),
@@ -338,10 +341,12 @@ def _tune() -> list[str]:
         setattr(module, attr, value)
         try:
             ms = _time_scan(fn, MAIN_T, torch.bfloat16, backward, 5)
+            worst = max(_check({label: fn}, torch.bfloat16)[label]) if backward else None
         finally:
             setattr(module, attr, old)
         pas = "fwd+bwd" if backward else "fwd"
-        lines.append(f"{label} {attr}={value}: {pas} {ms:.3f} ms at T={MAIN_T}")
+        checked = "" if worst is None else f", worst rel err {worst:.2e}"
+        lines.append(f"{label} {attr}={value}: {pas} {ms:.3f} ms at T={MAIN_T}{checked}")
         print(lines[-1], file=sys.stderr, flush=True)
     return lines
 

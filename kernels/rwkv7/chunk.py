@@ -59,6 +59,10 @@ ROWS = 64
 # Warps of the sequential passes and of the parallel chunk-preparation kernel.
 STATE_WARPS = 4
 PREP_WARPS = 2
+# With single-TF32 products (bfloat16 inputs) 4 warps ran forward+backward in 7.98 ms against
+# 9.60 ms at 8 (H200, 2026-11-29, B=64, T=4096, H=4, K=64; with "tf32x3" 4 warps took 76 ms). Its
+# gradients have not been checked at full size on the GPU yet (Triton has miscompiled gated chunk
+# backward kernels on Hopper), so 8 stays until `python -m bench.rwkv7 --tune` shows the check.
 CHUNK_BWD_WARPS = 8
 # Software-pipelining stages of the sequential passes' loops (Triton's num_stages).
 STATE_STAGES = 3
@@ -71,8 +75,6 @@ DOT_PRECISION = "tf32x3"
 # forward+backward 18.2 -> 9.73 ms; worst relative error against float64 2.0e-3 (y) and 3.0e-3
 # (da, db), against 1.7e-3 with "tf32x3" and 2.9e-3 / 4.0e-3 for fla's chunk_rwkv7.
 DOT_PRECISION_BF16 = "tf32"
-# Store the prep kernel's W, Q, Uv, Yv in bfloat16 for bfloat16 inputs (half the bytes).
-MATS_BF16 = False
 
 
 def _precision(r: Tensor) -> str:
@@ -195,10 +197,10 @@ def _prep_kernel(
     Yv = tl.dot(A_rb, Uv, input_precision=PREC) + tl.dot(A_rk, v_c, input_precision=PREC)
     p = mats + ((i_bh * n_c + c) * 4 * BT + o_t[:, None]) * K + o_j[None, :]
     m = (o_t[:, None] < BT) & (o_j[None, :] < K)
-    tl.store(p, W.to(mats.dtype.element_ty), mask=m)
-    tl.store(p + BT * K, Q.to(mats.dtype.element_ty), mask=m)
-    tl.store(p + 2 * BT * K, Uv.to(mats.dtype.element_ty), mask=m)
-    tl.store(p + 3 * BT * K, Yv.to(mats.dtype.element_ty), mask=m)
+    tl.store(p, W, mask=m)
+    tl.store(p + BT * K, Q, mask=m)
+    tl.store(p + 2 * BT * K, Uv, mask=m)
+    tl.store(p + 3 * BT * K, Yv, mask=m)
 
 
 @triton.jit
@@ -206,7 +208,7 @@ def _mat_tile(mats, i_bh, c, n_c, which: tl.constexpr, o_c, K: tl.constexpr, BT:
     """[BT, len(o_c)] tile `which` (0 W, 1 Q, 2 Uv, 3 Yv) of chunk c from mats."""
     o_t = tl.arange(0, BT)
     p = mats + ((i_bh * n_c + c) * 4 * BT + which * BT + o_t[:, None]) * K + o_c[None, :]
-    return tl.load(p, mask=(o_t[:, None] < BT) & (o_c[None, :] < K), other=0).to(tl.float32)
+    return tl.load(p, mask=(o_t[:, None] < BT) & (o_c[None, :] < K), other=0)
 
 
 @triton.jit
@@ -442,8 +444,7 @@ def _prepare(
     batch, steps, heads, size = r.shape
     n_c = triton.cdiv(steps, CHUNK)
     bk = max(16, triton.next_power_of_2(size))
-    mats_dtype = torch.bfloat16 if MATS_BF16 and r.dtype == torch.bfloat16 else torch.float32
-    mats = _empty((batch * heads, n_c, 4, CHUNK, size), dtype=mats_dtype, device=r.device)
+    mats = _empty((batch * heads, n_c, 4, CHUNK, size), dtype=torch.float32, device=r.device)
     _prep_kernel[(batch * heads, n_c)](
         r,
         log_w,

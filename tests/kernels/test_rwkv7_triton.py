@@ -143,6 +143,16 @@ def test_step_fused(batch: int, heads: int, size: int, monkeypatch: pytest.Monke
     assert_close("S", want_S.float(), S_new)
 
 
+def test_step_fused_default_blocks() -> None:
+    """The shipped layout: one program per series x head, K = 24 padded to 32 rows and columns."""
+    *seq, S = _inputs(3, 1, 2, 24, seed=11)
+    r, log_w, k, v, a, b = (x[:, 0] for x in seq)
+    want_y, want_S = rwkv7_step(*(x.double() for x in (S, r, log_w, k, v, a, b)))
+    y, S_new = fused_recurrent.rwkv7_step_fused(S, r, log_w, k, v, a, b)
+    assert_close("y", want_y.float(), y)
+    assert_close("S", want_S.float(), S_new)
+
+
 def test_step_fused_is_forward_only() -> None:
     *seq, S = _inputs(1, 1, 1, 4, seed=0)
     r, log_w, k, v, a, b = (x[:, 0] for x in seq)
