@@ -154,9 +154,9 @@ def soak(boot: str, args: argparse.Namespace, tmp: Path) -> tuple[list[Sample], 
     pacer = None
     try:
         if backlog:
-            e0 = _wait_committed(admin, group, topic, 1, 300, worker)
+            e0 = _wait_committed(admin, group, topic, 1, 300, [worker])
             t0 = time.perf_counter()
-            _wait_committed(admin, group, topic, backlog, 3600, worker)
+            _wait_committed(admin, group, topic, backlog, 3600, [worker])
             peak = (backlog - e0) / (time.perf_counter() - t0)
             rate = peak / 2
             print(f"measured maximum {peak:,.0f} events/s; soaking at half: {rate:,.0f}/s")

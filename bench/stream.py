@@ -130,15 +130,45 @@ def start_worker(
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_committed(admin, group: str, topic: str, target: int, timeout: float, worker) -> int:
+def _check_alive(workers: list[subprocess.Popen[bytes]]) -> None:
+    for w in workers:
+        if w.poll() is not None:
+            raise RuntimeError(f"a worker exited with {w.returncode}")
+
+
+def _wait_committed(
+    admin,
+    group: str,
+    topic: str,
+    target: int,
+    timeout: float,
+    workers: list[subprocess.Popen[bytes]],
+) -> int:
     deadline = time.monotonic() + timeout
     while (done := _committed(admin, group, topic)) < target:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with {worker.returncode}")
+        _check_alive(workers)
         if time.monotonic() > deadline:
             raise TimeoutError(f"processed {done} of {target} events")
         time.sleep(0.2)
     return done
+
+
+def _wait_stable(admin, group: str, members: int, workers: list[subprocess.Popen[bytes]]) -> None:
+    """Until the group is Stable with `members` members: the rate is measured from there, not
+    across the joins and the rebalance (which restore partitions) of a start."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        _check_alive(workers)
+        try:
+            info = admin.describe_groups([group]).get(group, {})
+        except KafkaError:
+            info = {}
+        if info.get("group_state") == "Stable" and len(info.get("members") or []) == members:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"group {group} did not settle with {members} members")
 
 
 def _rss_of(pid: int) -> float:
@@ -172,12 +202,17 @@ def run_one(
     options = ["--checkpoint-interval", str(args.checkpoint_interval)]
     options += ["--max-poll-records", str(args.max_poll)]
     log = open(tmp / f"worker-{n_series}.log", "w")  # noqa: SIM115
-    worker = start_worker(boot, folder, topic, out, group, log, options)
+    # Several processors = several replicas of one group, each with its own transactional id.
+    workers = [
+        start_worker(boot, folder, topic, out, group, log, [*options, "--instance", str(k)])
+        for k in range(args.processors)
+    ]
     try:
-        # Throughput from the backlog; the clock starts at the first commit.
-        e0 = _wait_committed(admin, group, topic, 1, 300, worker)
+        # Throughput from the backlog; the clock starts once every processor has its partitions.
+        _wait_stable(admin, group, args.processors, workers)
+        e0 = _committed(admin, group, topic)
         t0 = time.perf_counter()
-        _wait_committed(admin, group, topic, events, 3600, worker)
+        _wait_committed(admin, group, topic, events, 3600, workers)
         rate = (events - e0) / (time.perf_counter() - t0)
         rows.append(
             [
@@ -213,12 +248,12 @@ def run_one(
         if rss:
             if done < 100_000:
                 _produce(boot, topic, n_series, done, 100_000 - done)
-                done = _wait_committed(admin, group, topic, 100_000, 3600, worker)
-            rss_100k = _rss_of(worker.pid)
+                done = _wait_committed(admin, group, topic, 100_000, 3600, workers)
+            rss_100k = sum(_rss_of(w.pid) for w in workers)
             if args.rss_events > done:
                 _produce(boot, topic, n_series, done, args.rss_events - done)
-                done = _wait_committed(admin, group, topic, args.rss_events, 3600, worker)
-            rss_end = _rss_of(worker.pid)
+                done = _wait_committed(admin, group, topic, args.rss_events, 3600, workers)
+            rss_end = sum(_rss_of(w.pid) for w in workers)
             rows.append(
                 [
                     f"{n_series:,}",
@@ -228,8 +263,10 @@ def run_one(
                 ]
             )
     finally:
-        worker.terminate()
-        worker.wait(30)
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(30)
         log.close()
         admin.close()
     _compute_only(m, min(n_series, args.max_poll), rows, n_series)
@@ -342,6 +379,9 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=32)
     p.add_argument("--lookback", type=int, default=96)
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--processors", type=int, default=1, help="stream processor processes (one group)"
+    )
     p.add_argument("--max-poll", type=int, default=5000)
     p.add_argument("--checkpoint-interval", type=float, default=5.0)
     p.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
@@ -368,7 +408,8 @@ def main() -> None:
                 subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True)
     print(
         f"model: {args.kind}, d_model {args.d_model}, horizon 24, 7 channels, "
-        f"{args.partitions} partitions, one processor, torch threads 1, {os.cpu_count()} cores"
+        f"{args.partitions} partitions, {args.processors} processor(s), torch threads 1, "
+        f"{os.cpu_count()} cores"
     )
     print("| series | measure | result | note |")
     print("|---|---|---|---|")

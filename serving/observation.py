@@ -33,6 +33,7 @@ __all__ = [
 _F32_MAX = float(np.finfo(np.float32).max)
 # Timestamps are int64 nanoseconds, which span 1677-09-21 .. 2262-04-11; whole years inside that.
 TS_MIN, TS_MAX = datetime(1678, 1, 1), datetime(2262, 1, 1)
+_EPOCH = datetime(1970, 1, 1)
 SERIES_ID = re.compile(r"^[A-Za-z0-9._:/@=+-]{1,256}$")
 
 
@@ -76,7 +77,8 @@ def parse_timestamp(text: object) -> int | None:
         return None
     if not TS_MIN <= stamp < TS_MAX:
         return None
-    return int(np.datetime64(stamp, "ns").astype(np.int64))
+    delta = stamp - _EPOCH  # integer arithmetic: numpy's datetime64(datetime) is 3x slower
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def _number(value: object) -> float | None:

@@ -236,9 +236,13 @@ def _step_rounds(
             x = torch.full((len(idx), n_channels), float("nan"))
         ts = obs_ts[idx] - (rounds - 1 - r) * m.step_ns
         cov = m.covariates(ts, static[idx])
-        sub = unflatten(hidden[idx], template)
+        every = len(idx) == len(obs)  # the usual case (no gaps): no gather, no scatter
+        sub = unflatten(hidden if every else hidden[idx], template)
         y, sub = m.model.step(x, sub, covariates=cov)
-        hidden[torch.from_numpy(idx)] = flatten(sub)
+        if every:
+            hidden = flatten(sub)
+        else:
+            hidden[torch.from_numpy(idx)] = flatten(sub)
         steps[idx] += 1
         if is_obs:
             y_last = y.numpy()
@@ -263,7 +267,7 @@ def _step_rounds(
             hidden=hidden[i].clone(),
             last_ts=o.ts,
             steps=int(steps[i]),
-            recent_ts=np.append(rts, o.ts) if m.retain else rts,
+            recent_ts=np.concatenate([rts, [o.ts]]) if m.retain else rts,
             recent_values=np.concatenate([rv, o.values[None]]) if m.retain else rv,
             recent_static=np.concatenate([rs, o.static[None]]) if m.retain else rs,
         )

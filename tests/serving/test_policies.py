@@ -107,3 +107,30 @@ def test_swap_keeps_compatible_states_and_rewarms_the_rest() -> None:
     expect = rewarm(other, {"a": before})["a"]
     torch.testing.assert_close(warmed.hidden, expect.hidden)
     assert warmed.steps == other.retain and proc.metrics.model_swaps == 2
+
+
+def test_forecasts_go_to_the_partition_the_default_partitioner_picks() -> None:
+    """Forecasts carry an explicit partition (the partitioner is too slow per record); it must be
+    the one kafka-python's own default partitioner (murmur2, as the Java client) would pick."""
+    from kafka.partitioner.default import DefaultPartitioner
+
+    class Cluster:  # the three metadata calls the partitioner makes, for a 5-partition topic
+        def topics(self) -> set[str]:
+            return {"fc"}
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(5))
+
+        available_partitions_for_topic = partitions_for_topic
+
+    proc = processor()
+    proc._out_partitions = 5
+    sent = Sent()
+    names = [f"s{i}" for i in range(40)] + ["site:7/sensor@b=+", "a" * 256]
+    proc.process({TP: [record(i, name, 0) for i, name in enumerate(names)]}, send=sent)
+    forecasts = [(k, p) for t, k, _, p in sent if t == "fc"]
+    assert len(forecasts) == len(names)
+    expected = DefaultPartitioner()
+    for key, partition in forecasts:
+        assert partition == expected.partition("fc", key, key, None, None, Cluster())
+    assert len({p for _, p in forecasts}) == 5  # and they do spread
