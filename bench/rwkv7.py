@@ -329,7 +329,7 @@ def _tune() -> list[str]:
     # (kernel, module, setting, value, function, with backward)
     variants: list[tuple[str, Any, str, Any, Scan, bool]] = [
         ("chunk", chunk, "DOT_PRECISION_BF16", "tf32x3", rwkv7_chunk, True),
-        ("chunk", chunk, "CHUNK_BWD_WARPS", 4, rwkv7_chunk, True),
+        ("chunk", chunk, "CHUNK_BWD_WARPS", {"tf32": 8, "tf32x3": 8}, rwkv7_chunk, True),
         ("chunk", chunk, "ROWS", 32, rwkv7_chunk, False),
         ("chunk", chunk, "CHUNK", 32, rwkv7_chunk, False),
         ("recurrent", fused_recurrent, "FWD_ROWS", 64, rwkv7_fused_recurrent, False),

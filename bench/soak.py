@@ -65,6 +65,7 @@ class Sample:
     p99_ms: float
     sent: int  # in this interval
     forecasts: int  # in this interval
+    slow_tx: int  # transactions over --slow-transaction in this interval (phases in worker.log)
 
 
 # Absolute floors under which a change is noise, not a trend.
@@ -149,7 +150,9 @@ def soak(boot: str, args: argparse.Namespace, tmp: Path) -> tuple[list[Sample], 
     if backlog:
         _produce(boot, topic, args.series, 0, backlog)
     log = open(args.out / "worker.log", "w")  # noqa: SIM115 (the worker keeps it)
-    worker = start_worker(boot, folder, topic, out, group, log)
+    worker = start_worker(
+        boot, folder, topic, out, group, log, ["--slow-transaction", str(args.slow_transaction)]
+    )
     consumer = None
     pacer = None
     try:
@@ -176,7 +179,7 @@ def soak(boot: str, args: argparse.Namespace, tmp: Path) -> tuple[list[Sample], 
         end = start + args.minutes * 60
         next_sample = start + args.sample_seconds
         lat: list[float] = []
-        sent_before = seen = seen_before = 0
+        sent_before = seen = seen_before = slow_before = 0
         while time.monotonic() < end:
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with {worker.returncode}")
@@ -193,6 +196,7 @@ def soak(boot: str, args: argparse.Namespace, tmp: Path) -> tuple[list[Sample], 
                 with pacer.lock:
                     sent_total = pacer.count
                 q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+                slow = (args.out / "worker.log").read_text().count("slow transaction:")
                 samples.append(
                     Sample(
                         minute=round((time.monotonic() - start) / 60, 2),
@@ -202,10 +206,11 @@ def soak(boot: str, args: argparse.Namespace, tmp: Path) -> tuple[list[Sample], 
                         p99_ms=round(q[98], 1),
                         sent=sent_total - sent_before,
                         forecasts=seen - seen_before,
+                        slow_tx=slow - slow_before,
                     )
                 )
                 print(" ".join(f"{k}={v}" for k, v in asdict(samples[-1]).items()), flush=True)
-                lat, sent_before, seen_before = [], sent_total, seen
+                lat, sent_before, seen_before, slow_before = [], sent_total, seen, slow
                 next_sample += args.sample_seconds
     finally:
         if pacer is not None:
@@ -258,6 +263,12 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=None, help="events/s; default half the max")
     p.add_argument("--sample-seconds", type=float, default=60.0)
+    p.add_argument(
+        "--slow-transaction",
+        type=float,
+        default=0.25,
+        help="seconds; the worker logs longer transactions with their phases (counted per sample)",
+    )
     p.add_argument("--calibrate-events", type=int, default=100_000)
     p.add_argument("--series", type=int, default=1000)
     p.add_argument("--out", type=Path, default=None, help="default build/soak/<UTC time>")
@@ -296,12 +307,15 @@ def main() -> None:
         f"{args.partitions} partitions, one processor; {rate:,.0f} events/s for "
         f"{args.minutes:g} min after a {backlog:,}-event calibration; {os.cpu_count()} cores"
     )
-    print("| minute | worker RSS (MiB) | lag (events) | p50 (ms) | p99 (ms) | sent | forecasts |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| minute | worker RSS (MiB) | lag (events) | p50 (ms) | p99 (ms) | sent | forecasts | "
+        f"transactions > {args.slow_transaction:g} s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for s in samples:
         print(
             f"| {s.minute:g} | {s.rss_mib:,.1f} | {s.lag_events:,} | {s.p50_ms:,.0f} | "
-            f"{s.p99_ms:,.0f} | {s.sent:,} | {s.forecasts:,} |"
+            f"{s.p99_ms:,.0f} | {s.sent:,} | {s.forecasts:,} | {s.slow_tx:,} |"
         )
     print("\nlast third against the first third:")
     for name, verdict in verdicts.items():

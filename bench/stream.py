@@ -12,9 +12,14 @@ For each series count S, against a real broker started by deploy/kafka/kafka.sh 
    `--latency-seconds`; each forecast's arrival at a read_committed consumer minus its
    observation's send time; p50 and p99;
 3. RSS of the processor after 100k and after `--rss-events` events (S = the first count only);
-4. model work only, per event, at the processor's batch size: our step (update_batch) against a
-   windowed baseline of similar size that re-encodes the last 512 observations per event
-   (the same model's parallel forward over a 512-step window, last position only).
+4. the client's floor: the same backlog through bench/passthrough.py (kafka-python's consume and
+   transactional produce of one forecast-sized record per event, no decode, no model);
+5. the windowed baseline end to end: the same processor with `--baseline-window 512`
+   (serving/window_baseline.py: every event re-encodes the series' last 512 observations with
+   the same model's parallel forward), on a backlog of `--baseline-events`;
+6. model work only, per event, at the processor's batch size: our step (update_batch) against
+   that windowed baseline, no Kafka.
+`--processors N` runs N processor processes in one group (and N pass-through processes).
 Prints one table.
 """
 
@@ -269,7 +274,110 @@ def run_one(
             w.wait(30)
         log.close()
         admin.close()
+    if args.client_floor:
+        rows.append(_client_floor(boot, n_series, args, tmp, _forecast_bytes(m)))
+    if args.baseline_window:
+        rows.append(_baseline_end_to_end(boot, n_series, args, tmp, folder, rate))
     _compute_only(m, min(n_series, args.max_poll), rows, n_series)
+
+
+def _baseline_end_to_end(
+    boot: str, n_series: int, args: argparse.Namespace, tmp: Path, folder: Path, ours: float
+) -> list[str]:
+    """The windowed baseline through the very same path: `python -m serving.worker
+    --baseline-window W` (serving/window_baseline.py) on a backlog of its own. Polls of 500
+    records: a transaction of 5,000 baseline events would outlast the 30 s transaction timeout."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic, out, group = f"base-in-{n_series}", f"base-out-{n_series}", f"base-{n_series}"
+    admin = KafkaAdminClient(bootstrap_servers=boot)
+    admin.create_topics([NewTopic(topic, args.partitions, 1)])
+    events = args.baseline_events
+    _produce(boot, topic, n_series, 0, events)
+    options = ["--checkpoint-interval", str(args.checkpoint_interval), "--max-poll-records", "500"]
+    options += ["--baseline-window", str(args.baseline_window)]
+    log = open(tmp / f"baseline-{n_series}.log", "w")  # noqa: SIM115
+    workers = [
+        start_worker(boot, folder, topic, out, group, log, [*options, "--instance", str(k)])
+        for k in range(args.processors)
+    ]
+    try:
+        _wait_stable(admin, group, args.processors, workers)
+        e0 = _committed(admin, group, topic)
+        t0 = time.perf_counter()
+        _wait_committed(admin, group, topic, events, 3600, workers)
+        rate = (events - e0) / (time.perf_counter() - t0)
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(30)
+        log.close()
+        admin.close()
+    return [
+        f"{n_series:,}",
+        f"windowed baseline end to end (last {args.baseline_window} observations per event)",
+        f"{rate:,.1f} events/s",
+        f"{events - e0:,} events, same processor and transactions; the stream's backlog rate "
+        f"({ours:,.0f}/s) is {ours / rate:,.0f}x",
+    ]
+
+
+def _forecast_bytes(m) -> int:
+    """Bytes of one forecast message of this model (JSON of horizon x channels x levels)."""
+    from serving.observation import Observation
+    from serving.processor import forecast_message
+    from serving.update import update
+
+    obs = Observation("s0", 10**18, np.zeros(len(CHANNELS), np.float32), np.zeros(0, np.float32))
+    _, f = update(m, None, obs)
+    return len(forecast_message(m, f))  # type: ignore[arg-type]
+
+
+def _client_floor(
+    boot: str, n_series: int, args: argparse.Namespace, tmp: Path, value_bytes: int
+) -> list[str]:
+    """A backlog of the same stream through bench/passthrough.py: kafka-python's consume +
+    transactional produce with no decode and no model, as many processes as processors. What
+    the client alone allows on this machine."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=boot)
+    topic, out, group = f"floor-in-{n_series}", f"floor-out-{n_series}", f"floor-{n_series}"
+    admin.create_topics([NewTopic(topic, args.partitions, 1), NewTopic(out, args.partitions, 1)])
+    events = max(args.events, n_series * 2)
+    _produce(boot, topic, n_series, 0, events)
+    log = open(tmp / f"floor-{n_series}.log", "w")  # noqa: SIM115
+
+    def passthrough(k: int) -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable, "-m", "bench.passthrough", "--bootstrap-servers", boot,
+            "--in-topic", topic, "--out-topic", out, "--group", group, "--instance", str(k),
+            "--value-bytes", str(value_bytes), "--max-poll-records", str(args.max_poll),
+        ]  # fmt: skip
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    procs = [passthrough(k) for k in range(args.processors)]
+    try:
+        _wait_stable(admin, group, args.processors, procs)
+        e0 = _committed(admin, group, topic)
+        t0 = time.perf_counter()
+        _wait_committed(admin, group, topic, events, 3600, procs)
+        rate = (events - e0) / (time.perf_counter() - t0)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+        log.close()
+        admin.close()
+    return [
+        f"{n_series:,}",
+        "client floor (kafka-python alone)",
+        f"{rate:,.0f} events/s",
+        f"{events - e0:,} events; consume + one {value_bytes:,}-byte record out per event in "
+        "transactions, no decode, no model (bench/passthrough.py)",
+    ]
 
 
 def _latency(
@@ -384,6 +492,16 @@ def main() -> None:
     )
     p.add_argument("--max-poll", type=int, default=5000)
     p.add_argument("--checkpoint-interval", type=float, default=5.0)
+    p.add_argument(
+        "--baseline-window", type=int, default=512, help="0 = skip the end-to-end baseline run"
+    )
+    p.add_argument("--baseline-events", type=int, default=3000)
+    p.add_argument(
+        "--no-client-floor",
+        dest="client_floor",
+        action="store_false",
+        help="skip the pass-through run (bench/passthrough.py) of the same backlog",
+    )
     p.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
     args = p.parse_args()
     torch.set_num_threads(1)  # as the worker does

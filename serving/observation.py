@@ -132,15 +132,19 @@ def decode_observation(
         return Rejection(
             "unknown_channel", f"unknown channel(s) {unknown[:5]}; known {list(spec.channels)}"
         )
-    x = np.full(len(spec.channels), np.nan, dtype=np.float32)
-    for i, name in enumerate(spec.channels):
-        v = values.get(name)
-        if v is None:
-            continue
-        number = _number(v)
-        if number is None:
-            return Rejection("bad_value", f"values.{name} must be a finite number or null")
-        x[i] = number
+    given = [values.get(name) for name in spec.channels]
+    x64 = np.array(given) if all(type(v) is float for v in given) else None
+    if x64 is not None and (np.abs(x64) <= _F32_MAX).all():
+        x = x64.astype(np.float32)  # the usual record, every channel a float: one array op
+    else:
+        x = np.full(len(spec.channels), np.nan, dtype=np.float32)
+        for i, (name, v) in enumerate(zip(spec.channels, given, strict=True)):
+            if v is None:
+                continue
+            number = _number(v)
+            if number is None:
+                return Rejection("bad_value", f"values.{name} must be a finite number or null")
+            x[i] = number
     covariates = doc.get("covariates", {})
     if not isinstance(covariates, dict):
         return Rejection("bad_covariates", "covariates must be an object {name: number}")

@@ -62,6 +62,7 @@ class ProcessorConfig:
     idle_records: int = 1_000_000  # a series silent for this many records of its partition restarts
     max_series_per_partition: int = 200_000
     transaction_timeout_ms: int = 30_000
+    slow_transaction_s: float = 1.0  # a transaction longer than this is logged with its phases
     # Static group membership (group.instance.id = the transactional id): a process restarted in
     # place with the same instance gets its partitions back at once instead of after the session
     # timeout (45 s); one that goes away for good holds them until that timeout. Off for Serve,
@@ -273,9 +274,11 @@ class StreamProcessor:
             # within one poll timeout) rather than spin; the group heartbeat has its own thread.
             time.sleep(min(wait, self.cfg.poll_timeout_ms / 1000))
             return 0
+        t_poll = time.perf_counter()
         polled = self._consumer.poll(
             timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records
         )
+        t_start = time.perf_counter()
         if self.pending:
             # Newly assigned: drop what was fetched before the restore, restore, then resume.
             polled = {tp: recs for tp, recs in polled.items() if tp not in self.pending}
@@ -291,15 +294,18 @@ class StreamProcessor:
         # Cheap (the producer keeps the metadata); a topic given more partitions is picked up.
         # A KafkaError here is the worker's reconnect case: no transaction is open yet.
         self._out_partitions = len(producer.partitions_for(self.cfg.out_topic))
+        t_begin = time.perf_counter()
         try:
             producer.begin_transaction()
             n = self.process(
                 polled, send=lambda t, k, v, p: producer.send(t, key=k, value=v, partition=p)
             )
+            t_processed = time.perf_counter()
             self._changelog_sends = []
             if due:
                 self._checkpoint(producer, due)
                 self._confirm_checkpoint(producer)
+            t_checkpointed = time.perf_counter()
             offsets = {
                 tp: OffsetAndMetadata(self.stores[tp].next_offset, "", -1)
                 for tp in {*polled, *due}
@@ -327,6 +333,21 @@ class StreamProcessor:
                 return 0
             self._rewind()
             return 0
+        done = time.perf_counter()
+        if done - t_start > self.cfg.slow_transaction_s:
+            # What a latency spike is made of, for whoever reads the log after a p99 alert.
+            log.warning(
+                "slow transaction: %.0f ms for %d records (restore and lag %.0f ms, process %.0f, "
+                "checkpoint %.0f for %d records, offsets and commit %.0f; the poll before: %.0f)",
+                (done - t_start) * 1e3,
+                n,
+                (t_begin - t_start) * 1e3,
+                (t_processed - t_begin) * 1e3,
+                (t_checkpointed - t_processed) * 1e3,
+                len(self._changelog_sends),
+                (done - t_checkpointed) * 1e3,
+                (t_start - t_poll) * 1e3,
+            )
         if due:
             # The clock restarts only once the checkpoint is durable (see restore).
             now = time.monotonic()

@@ -50,6 +50,9 @@ class StreamModel:
     warmup: int
     retain: int
     max_gap_steps: int = 1000
+    # 0: the recurrent step. N > 0: the windowed baseline of serving/window_baseline.py (each
+    # event re-encodes the series' last N observations), for bench/stream.py's comparison.
+    window: int = 0
 
     @staticmethod
     def from_artifact(
@@ -61,6 +64,7 @@ class StreamModel:
         retain: int | None = None,
         max_gap_steps: int = 1000,
         max_bytes: int = 65536,
+        window: int = 0,
     ) -> StreamModel:
         lookback = int(extra.get("lookback", 96))  # type: ignore[call-overload]
         frequency = str(extra.get("frequency", "h"))
@@ -77,8 +81,9 @@ class StreamModel:
             step_ns=step_ns,
             calendar=bool(extra.get("calendar", False)),
             warmup=lookback if warmup is None else warmup,
-            retain=lookback if retain is None else retain,
+            retain=window or (lookback if retain is None else retain),
             max_gap_steps=max_gap_steps,
+            window=window,
         )
 
     # The hidden state of one series is kept as one flat vector: cheap to stack into a
@@ -204,7 +209,13 @@ def update_batch(
         gaps.append(0 if plan is None else plan)
         starts.append(None if plan is None else state)
     if live:
-        outs = _step_rounds(m, [observations[i] for i in live], starts, gaps)
+        accepted = [observations[i] for i in live]
+        if m.window:
+            from serving.window_baseline import window_rounds
+
+            outs = window_rounds(m, accepted, starts)
+        else:
+            outs = _step_rounds(m, accepted, starts, gaps)
         for i, res in zip(live, outs, strict=True):
             results[i] = res
     return [r for r in results if r is not None]

@@ -38,6 +38,7 @@ class WorkerConfig:
     model_poll_s: float = 30.0
     max_gap_steps: int = 1000
     max_record_bytes: int = 65536
+    baseline_window: int = 0  # > 0: serving/window_baseline.py instead of the step (benchmarks)
 
 
 class StreamWorker:
@@ -60,6 +61,7 @@ class StreamWorker:
             self._tmp / ref.label.replace("/", "_"),
             max_gap_steps=self.cfg.max_gap_steps,
             max_bytes=self.cfg.max_record_bytes,
+            window=self.cfg.baseline_window,
         )
 
     def run(self) -> None:
@@ -144,6 +146,12 @@ def add_processor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-series-per-partition", type=int, default=200_000)
     p.add_argument("--model-poll", type=float, default=30.0, help="seconds between alias checks")
     p.add_argument(
+        "--slow-transaction",
+        type=float,
+        default=1.0,
+        help="seconds; a longer transaction is logged with the time of each phase",
+    )
+    p.add_argument(
         "--static-membership",
         action="store_true",
         help="group.instance.id = GROUP-INSTANCE: a restart in place takes its partitions back "
@@ -187,6 +195,7 @@ def processor_config(args: argparse.Namespace, instance: str) -> ProcessorConfig
         idle_records=args.idle_records,
         max_series_per_partition=args.max_series_per_partition,
         static_membership=bool(getattr(args, "static_membership", False)),
+        slow_transaction_s=float(getattr(args, "slow_transaction", 1.0)),
         kafka_options=tuple(sorted(kafka_options(args.kafka_option).items())),
     )
 
@@ -195,13 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="statecast process", description="run one stream processor")
     add_processor_arguments(p)
     p.add_argument("--instance", default="0", help="stable id: transactional.id = GROUP-INSTANCE")
+    p.add_argument(
+        "--baseline-window",
+        type=int,
+        default=0,
+        help="benchmarks only: re-encode each series' last N observations per event instead of "
+        "stepping its state (serving/window_baseline.py)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     worker = StreamWorker(
         WorkerConfig(
-            args.model_uri, processor_config(args, args.instance), model_poll_s=args.model_poll
+            args.model_uri,
+            processor_config(args, args.instance),
+            model_poll_s=args.model_poll,
+            baseline_window=args.baseline_window,
         )
     )
     for sig in (signal.SIGINT, signal.SIGTERM):

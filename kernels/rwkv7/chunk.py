@@ -59,11 +59,12 @@ ROWS = 64
 # Warps of the sequential passes and of the parallel chunk-preparation kernel.
 STATE_WARPS = 4
 PREP_WARPS = 2
-# With single-TF32 products (bfloat16 inputs) 4 warps ran forward+backward in 7.98 ms against
-# 9.60 ms at 8 (H200, 2026-11-29, B=64, T=4096, H=4, K=64; with "tf32x3" 4 warps took 76 ms). Its
-# gradients have not been checked at full size on the GPU yet (Triton has miscompiled gated chunk
-# backward kernels on Hopper), so 8 stays until `python -m bench.rwkv7 --tune` shows the check.
-CHUNK_BWD_WARPS = 8
+# Warps of the per-chunk backward kernel, by product precision. With single-TF32 products
+# (bfloat16 inputs) 4 warps ran forward+backward in 8.06 ms against 9.76 ms at 8, with the same
+# errors against float64 (worst 3.0e-3; H200, 2026-11-29, B=64, T=4096, H=4, K=64; see
+# docs/BENCHMARKS.md). With "tf32x3" (float32 inputs) 4 warps took 76 ms: its three-pass
+# products want the registers of 8.
+CHUNK_BWD_WARPS = {"tf32": 4, "tf32x3": 8}
 # Software-pipelining stages of the sequential passes' loops (Triton's num_stages).
 STATE_STAGES = 3
 # Precision of the float32 matrix products: "ieee" is plain float32 arithmetic; "tf32x3" runs on
@@ -571,7 +572,7 @@ class _Chunk(torch.autograd.Function):
             BK=bk,
             N_SQ=n_sq,
             PREC=_precision(r),
-            num_warps=CHUNK_BWD_WARPS,
+            num_warps=CHUNK_BWD_WARPS.get(_precision(r), 8),
         )
         return (*grads, ds0 if ctx.has_s0 else None)
 

@@ -134,3 +134,28 @@ def test_rewarm_replays_the_retained_window() -> None:
     assert direct is not None
     torch.testing.assert_close(warmed.hidden, direct.hidden)
     assert warmed.steps == direct.steps == 8
+
+
+def test_window_baseline_reencodes_the_last_window() -> None:
+    """The benchmark's baseline (serving/window_baseline.py): each forecast is the model's
+    parallel forward over the series' last W observations, NaN-padded in front until W arrived."""
+    import dataclasses
+
+    w = 5
+    m = dataclasses.replace(small_stream_model(), window=w, retain=w)
+    rng = np.random.default_rng(3)
+    observations = [obs("s", k, rng) for k in range(8)]
+    state, outs = run(m, observations)
+    assert state is not None and state.recent_values.shape == (w, 3)
+    for j in (0, 2, 7):  # a lone observation, a partial window, a full one
+        rows = observations[max(0, j - w + 1) : j + 1]
+        x = np.full((w, 3), np.nan, np.float32)
+        x[w - len(rows) :] = [o.values for o in rows]
+        ts = T0 + (j - w + 1 + np.arange(w)) * HOUR
+        cov = m.covariates(ts, np.full((w, 1), 123.0, np.float32))
+        assert cov is not None
+        with torch.no_grad():
+            y, _ = m.model(torch.from_numpy(x)[None], covariates=cov[None], last_only=True)
+        out = outs[j]
+        assert isinstance(out, Forecast) and out.warming == (j + 1 < m.warmup)
+        np.testing.assert_allclose(out.y, y[0].numpy(), rtol=1e-5, atol=1e-5)
