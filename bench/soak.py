@@ -27,8 +27,6 @@ import argparse
 import csv
 import os
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -41,15 +39,14 @@ import torch
 
 from bench.stream import (
     _EXTRA,
-    KAFKA_SH,
     ROOT,
     _committed,
-    _free_port,
     _messages,
     _model,
     _produce,
     _rss_of,
     _wait_committed,
+    local_broker,
     start_worker,
 )
 
@@ -169,7 +166,15 @@ def soak(boot: str, args: argparse.Namespace, tmp: Path) -> tuple[list[Sample], 
             isolation_level="read_committed",
             enable_auto_commit=False,
         )
-        parts = [TopicPartition(out, p) for p in consumer.partitions_for_topic(out) or []]
+        # The worker creates the forecasts topic when it starts; with --rate (no calibration
+        # backlog first) it may not exist yet.
+        deadline = time.monotonic() + 120
+        while not (found := consumer.partitions_for_topic(out)):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not create {out} (see worker.log)")
+            time.sleep(0.5)
+            consumer.topics()  # refreshes the metadata
+        parts = [TopicPartition(out, p) for p in found]
         consumer.assign(parts)
         consumer.seek_to_end()
         pacer = Pacer(boot, topic, args.series, backlog, rate)
@@ -281,23 +286,8 @@ def main() -> None:
     args.out = args.out or ROOT / "build" / "soak" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # as the worker does
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "KAFKA_PORT": str(_free_port()),
-            "KAFKA_CONTROLLER_PORT": str(_free_port()),
-            "KAFKA_DIR": tmp,
-            "KAFKA_HEAP": os.environ.get("KAFKA_HEAP", "1g"),
-        }
-        boot = args.bootstrap
-        if boot is None:
-            subprocess.run([str(KAFKA_SH), "start"], env=env, check=True, capture_output=True)
-            boot = f"127.0.0.1:{env['KAFKA_PORT']}"
-        try:
-            samples, rate, backlog = soak(boot, args, Path(tmp))
-        finally:
-            if args.bootstrap is None:
-                subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True)
+    with local_broker(args.bootstrap) as (boot, tmp):
+        samples, rate, backlog = soak(boot, args, tmp)
     if not samples:
         raise SystemExit("no samples: --minutes shorter than --sample-seconds")
     verdicts = flatness(samples, rate)

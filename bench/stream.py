@@ -26,6 +26,7 @@ Prints one table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -176,6 +178,47 @@ def _wait_stable(admin, group: str, members: int, workers: list[subprocess.Popen
     raise TimeoutError(f"group {group} did not settle with {members} members")
 
 
+def _backlog_rate(
+    admin, group: str, topic: str, events: int, procs: list[subprocess.Popen[bytes]]
+) -> tuple[float, int]:
+    """Events/s over a backlog of `events`, from when the group is stable with every process to
+    the last commit -> (rate, events counted)."""
+    _wait_stable(admin, group, len(procs), procs)
+    e0 = _committed(admin, group, topic)
+    t0 = time.perf_counter()
+    _wait_committed(admin, group, topic, events, 3600, procs)
+    return (events - e0) / (time.perf_counter() - t0), events - e0
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(30)
+
+
+@contextlib.contextmanager
+def local_broker(bootstrap: str | None = None) -> Iterator[tuple[str, Path]]:
+    """(bootstrap, a temporary folder): deploy/kafka/kafka.sh's broker on free ports with its
+    data in that folder, stopped on exit; or `bootstrap` as given (nothing started)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if bootstrap is not None:
+            yield bootstrap, Path(tmp)
+            return
+        env = {
+            **os.environ,
+            "KAFKA_PORT": str(_free_port()),
+            "KAFKA_CONTROLLER_PORT": str(_free_port()),
+            "KAFKA_DIR": tmp,
+            "KAFKA_HEAP": os.environ.get("KAFKA_HEAP", "1g"),
+        }
+        subprocess.run([str(KAFKA_SH), "start"], env=env, check=True, capture_output=True)
+        try:
+            yield f"127.0.0.1:{env['KAFKA_PORT']}", Path(tmp)
+        finally:
+            subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True)
+
+
 def _rss_of(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -214,11 +257,7 @@ def run_one(
     ]
     try:
         # Throughput from the backlog; the clock starts once every processor has its partitions.
-        _wait_stable(admin, group, args.processors, workers)
-        e0 = _committed(admin, group, topic)
-        t0 = time.perf_counter()
-        _wait_committed(admin, group, topic, events, 3600, workers)
-        rate = (events - e0) / (time.perf_counter() - t0)
+        rate, _ = _backlog_rate(admin, group, topic, events, workers)
         rows.append(
             [
                 f"{n_series:,}",
@@ -268,10 +307,7 @@ def run_one(
                 ]
             )
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(30)
+        _stop(workers)
         log.close()
         admin.close()
     if args.client_floor:
@@ -302,23 +338,16 @@ def _baseline_end_to_end(
         for k in range(args.processors)
     ]
     try:
-        _wait_stable(admin, group, args.processors, workers)
-        e0 = _committed(admin, group, topic)
-        t0 = time.perf_counter()
-        _wait_committed(admin, group, topic, events, 3600, workers)
-        rate = (events - e0) / (time.perf_counter() - t0)
+        rate, counted = _backlog_rate(admin, group, topic, events, workers)
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(30)
+        _stop(workers)
         log.close()
         admin.close()
     return [
         f"{n_series:,}",
         f"windowed baseline end to end (last {args.baseline_window} observations per event)",
         f"{rate:,.1f} events/s",
-        f"{events - e0:,} events, same processor and transactions; the stream's backlog rate "
+        f"{counted:,} events, same processor and transactions; the stream's backlog rate "
         f"({ours:,.0f}/s) is {ours / rate:,.0f}x",
     ]
 
@@ -359,23 +388,16 @@ def _client_floor(
 
     procs = [passthrough(k) for k in range(args.processors)]
     try:
-        _wait_stable(admin, group, args.processors, procs)
-        e0 = _committed(admin, group, topic)
-        t0 = time.perf_counter()
-        _wait_committed(admin, group, topic, events, 3600, procs)
-        rate = (events - e0) / (time.perf_counter() - t0)
+        rate, counted = _backlog_rate(admin, group, topic, events, procs)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
+        _stop(procs)
         log.close()
         admin.close()
     return [
         f"{n_series:,}",
         "client floor (kafka-python alone)",
         f"{rate:,.0f} events/s",
-        f"{events - e0:,} events; consume + one {value_bytes:,}-byte record out per event in "
+        f"{counted:,} events; consume + one {value_bytes:,}-byte record out per event in "
         "transactions, no decode, no model (bench/passthrough.py)",
     ]
 
@@ -506,24 +528,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)  # as the worker does
     rows: list[list[str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "KAFKA_PORT": str(_free_port()),
-            "KAFKA_CONTROLLER_PORT": str(_free_port()),
-            "KAFKA_DIR": tmp,
-            "KAFKA_HEAP": os.environ.get("KAFKA_HEAP", "1g"),
-        }
-        boot = args.bootstrap
-        if boot is None:
-            subprocess.run([str(KAFKA_SH), "start"], env=env, check=True, capture_output=True)
-            boot = f"127.0.0.1:{env['KAFKA_PORT']}"
-        try:
-            for i, n in enumerate(args.series):
-                run_one(boot, n, args, rows, rss=i == 0 and args.rss_events > 0, tmp=Path(tmp))
-        finally:
-            if args.bootstrap is None:
-                subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True)
+    with local_broker(args.bootstrap) as (boot, tmp):
+        for i, n in enumerate(args.series):
+            run_one(boot, n, args, rows, rss=i == 0 and args.rss_events > 0, tmp=tmp)
     print(
         f"model: {args.kind}, d_model {args.d_model}, horizon 24, 7 channels, "
         f"{args.partitions} partitions, {args.processors} processor(s), torch threads 1, "

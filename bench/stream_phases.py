@@ -18,8 +18,6 @@ import argparse
 import collections
 import os
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any
 
 import torch
 
-from bench.stream import _EXTRA, KAFKA_SH, _forecast_bytes, _free_port, _model, _produce
+from bench.stream import _EXTRA, _forecast_bytes, _model, _produce, local_broker
 
 Timers = tuple[collections.defaultdict[str, float], collections.defaultdict[str, int]]
 
@@ -151,19 +149,8 @@ def main() -> None:
     p.add_argument("--partitions", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(1)  # as the worker does
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            **os.environ,
-            "KAFKA_PORT": str(_free_port()),
-            "KAFKA_CONTROLLER_PORT": str(_free_port()),
-            "KAFKA_DIR": tmp,
-            "KAFKA_HEAP": os.environ.get("KAFKA_HEAP", "1g"),
-        }
-        subprocess.run([str(KAFKA_SH), "start"], env=env, check=True, capture_output=True)
-        try:
-            rows = phases(f"127.0.0.1:{env['KAFKA_PORT']}", args, Path(tmp))
-        finally:
-            subprocess.run([str(KAFKA_SH), "stop"], env=env, capture_output=True)
+    with local_broker() as (boot, tmp):
+        rows = phases(boot, args, tmp)
     print(
         f"model: {args.kind}, d_model {args.d_model}, {args.series:,} series, "
         f"{args.partitions} partitions, one processor in this process, {os.cpu_count()} cores"
