@@ -20,7 +20,7 @@ import threading
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata
 
-from serving.processor import key_hash
+from serving.processor import PRODUCER_RETRY_BACKOFF_MS, key_hash
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         linger_ms=20,
         batch_size=1024 * 1024,
         max_request_size=8 * 1024 * 1024,
+        retry_backoff_ms=PRODUCER_RETRY_BACKOFF_MS,
     )
     producer.init_transactions()
     consumer = KafkaConsumer(

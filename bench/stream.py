@@ -249,7 +249,8 @@ def run_one(
     produce_s = time.perf_counter() - t
     options = ["--checkpoint-interval", str(args.checkpoint_interval)]
     options += ["--max-poll-records", str(args.max_poll)]
-    log = open(tmp / f"worker-{n_series}.log", "w")  # noqa: SIM115
+    options += ["--slow-transaction", str(args.slow_transaction)]
+    log = open((args.log_dir or tmp) / f"worker-{n_series}.log", "w")  # noqa: SIM115
     # Several processors = several replicas of one group, each with its own transactional id.
     workers = [
         start_worker(boot, folder, topic, out, group, log, [*options, "--instance", str(k)])
@@ -525,7 +526,16 @@ def main() -> None:
         help="skip the pass-through run (bench/passthrough.py) of the same backlog",
     )
     p.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
+    p.add_argument(
+        "--slow-transaction",
+        type=float,
+        default=1.0,
+        help="the worker logs each transaction slower than this (s) with its phases",
+    )
+    p.add_argument("--log-dir", type=Path, default=None, help="keep the worker logs here")
     args = p.parse_args()
+    if args.log_dir:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # as the worker does
     rows: list[list[str]] = []
     with local_broker(args.bootstrap) as (boot, tmp):

@@ -3,15 +3,18 @@
 Where and why: the changelog topic (default `<group>.state`, cleanup.policy=compact) is
 co-partitioned with the observations topic: partition p holds the states of the series read from
 input partition p, one record per series (key = series id, value = `encode_series`), plus one
-marker record (key `#offsets`) with the next input offset the snapshot reflects. Snapshot records
-are written inside the same Kafka transaction that commits that input offset for the consumer
-group, so the states and offsets are durable together or not at all, and they live where the
-stream lives: any replica on any machine can restore a partition it is handed, with no shared disk
-or extra database. Compaction keeps one record per series; an evicted series gets a tombstone.
+marker record (key `#offsets`): the input offset from which replay reproduces every change the
+changelog does not hold yet. Writes are incremental (serving/processor.py): a state goes out
+about one interval after its series first changed, inside the same Kafka transaction that
+commits input offsets for the consumer group, so states, markers and offsets are durable together
+or not at all, and they live where the stream lives: any replica on any machine can restore a
+partition it is handed, with no shared disk or extra database. Compaction keeps one record per
+series; an evicted series gets a tombstone.
 
 Restoring partition p: read changelog p to its end (read_committed) -> the states and the marker's
 offset S; the consumer group's committed offset C >= S; replay input [S, C) through the same pure
-update without producing (those forecasts were already committed), then consume from C.
+update without producing (those forecasts were already committed), skipping each record at or
+below the offset its series' state holds, then consume from C.
 """
 
 from __future__ import annotations

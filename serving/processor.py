@@ -6,12 +6,18 @@ One loop per replica:
          -> decode each record (bad ones -> dead-letter topic with the reason)
          -> group by series, step every series' next observation as one batch (update_batch)
          -> send forecasts (key = series id)
-         -> every `checkpoint_interval_s`: send changed series states + offset markers
+         -> send the states of series changed `checkpoint_interval_s` ago or more, + offset marker
          -> send the consumed offsets to the transaction, commit.
+Checkpoints are incremental: each series' state is written about one interval after its first
+unwritten change, oldest first, so the cost is spread over transactions instead of a burst that
+holds up every forecast behind it. A partition's offset marker is the offset of its oldest
+unwritten change; restore loads the states, replays the input from the marker, and skips each
+record a series' state already holds (each state carries the offset of its last record).
 Any Kafka error inside a transaction aborts it and rewinds: in-memory state is rebuilt from the
 changelog and the committed offsets, so nothing is lost or produced twice. A checkpoint that the
-changelog refuses (`CheckpointError`) is logged, counted, and retried with backoff; while it fails
-every transaction carries it, so no offset is committed past the last durable checkpoint's interval.
+changelog refuses (`CheckpointError`) is logged, counted, and retried with backoff; until one goes
+through every change is due at once, so every transaction carries a checkpoint and no offset is
+committed past the last durable checkpoint's interval.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = ["CheckpointError", "ProcessorConfig", "StreamProcessor", "forecast_me
 log = logging.getLogger("statecast.serving")
 
 CLOSE_TIMEOUT_S = 5.0
+PRODUCER_RETRY_BACKOFF_MS = 20
 
 
 @dataclass(frozen=True)
@@ -153,9 +160,31 @@ class PartitionStore:
 
     series: OrderedDict[str, SeriesState] = field(default_factory=OrderedDict)
     touched: dict[str, int] = field(default_factory=dict)  # series -> offset of its last record
-    dirty: set[str] = field(default_factory=set)
+    # Series whose state changed since it was last written -> (monotonic time, offset) of the
+    # poll that first changed it. Insertion order is oldest first in both, so the first entry
+    # gives the partition's marker offset and the entries due are a prefix.
+    dirty: OrderedDict[str, tuple[float, int]] = field(default_factory=OrderedDict)
     evicted: set[str] = field(default_factory=set)
     next_offset: int = 0
+
+    def marker_offset(self) -> int:
+        """Replay from here reproduces every unwritten change (earlier records of series whose
+        state is newer are skipped by their own offset)."""
+        for _, offset in self.dirty.values():
+            return offset
+        return self.next_offset
+
+    def mark_dirty(self, series: str, now: float, offset: int) -> None:
+        if series not in self.dirty:
+            self.dirty[series] = (now, offset)
+
+    def all_due(self) -> None:
+        """Every series (changed or not) is written by the next checkpoint."""
+        floor = self.marker_offset()
+        due = OrderedDict((s, (float("-inf"), off)) for s, (_, off) in self.dirty.items())
+        for s in self.series:
+            due.setdefault(s, (float("-inf"), floor))
+        self.dirty = due
 
 
 Send = Callable[[str, bytes, bytes | None, int | None], None]
@@ -175,7 +204,8 @@ class StreamProcessor:
         self.layout = model.model.init_state(1, device="cpu").layout_id()
         self.stores: dict[TopicPartition, PartitionStore] = {}
         self.pending: set[TopicPartition] = set()  # assigned, not yet restored
-        self._last_checkpoint: dict[TopicPartition, float] = {}  # per partition, see _due
+        self._last_sweep: dict[TopicPartition, float] = {}  # per partition, see _sweep_due
+        self._checkpoint_failing = False  # set by a refused checkpoint, cleared by a durable one
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self.error: BaseException | None = None
@@ -225,6 +255,11 @@ class StreamProcessor:
             linger_ms=20,
             batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
+            # A transaction begun while the broker still writes the last one's markers is answered
+            # CONCURRENT_TRANSACTIONS and retried after this backoff. The Java client retries that
+            # case after 20 ms; kafka-python 3.0.12 sleeps its general retry_backoff_ms (100 ms),
+            # which made transactions' p99 250 ms against a local broker (50 ms at 20).
+            retry_backoff_ms=PRODUCER_RETRY_BACKOFF_MS,
         )
         self._producer.init_transactions()
         static = {"group_instance_id": self._transactional_id} if self.cfg.static_membership else {}
@@ -287,8 +322,7 @@ class StreamProcessor:
             self.restore(todo)
             self._consumer.resume(*todo)
         self._update_lag()
-        due = self._due()
-        if not polled and not any(self.stores[tp].dirty or self.stores[tp].evicted for tp in due):
+        if not polled and not self._checkpoint_due():
             return 0
         producer = self._producer
         # Cheap (the producer keeps the metadata); a topic given more partitions is picked up.
@@ -302,13 +336,13 @@ class StreamProcessor:
             )
             t_processed = time.perf_counter()
             self._changelog_sends = []
-            if due:
-                self._checkpoint(producer, due)
+            written = self._checkpoint(producer)
+            if written:
                 self._confirm_checkpoint(producer)
             t_checkpointed = time.perf_counter()
             offsets = {
                 tp: OffsetAndMetadata(self.stores[tp].next_offset, "", -1)
-                for tp in {*polled, *due}
+                for tp in {*polled, *written}
                 if tp in self.stores
             }
             if offsets:
@@ -348,15 +382,12 @@ class StreamProcessor:
                 (done - t_checkpointed) * 1e3,
                 (t_start - t_poll) * 1e3,
             )
-        if due:
-            # The clock restarts only once the checkpoint is durable (see restore).
-            now = time.monotonic()
-            for tp in due:
-                self._last_checkpoint[tp] = now
+        if written:
             self.metrics.checkpoints += 1
-            if self.metrics.checkpoint_failures and self._retry_s:
+            if self._checkpoint_failing:
                 refusals = self.metrics.checkpoint_failures
                 log.info("checkpoint written again (%d refusals so far)", refusals)
+            self._checkpoint_failing = False
         self._retry_s = 0.0
         return n
 
@@ -398,6 +429,7 @@ class StreamProcessor:
 
     def _checkpoint_failed(self, e: CheckpointError) -> None:
         self.metrics.checkpoint_failures += 1
+        self._checkpoint_failing = True
         log.error(
             "checkpoint failed: %s. Nothing of this transaction is committed: offsets stay at the "
             "last durable checkpoint; retrying with backoff (up to %.0f s)",
@@ -410,16 +442,23 @@ class StreamProcessor:
         t0 = time.perf_counter()
         queues: dict[tuple[TopicPartition, str], list[tuple[Observation, int, bytes | None]]] = {}
         n = 0
+        first: dict[TopicPartition, int] = {}  # the poll's first offset per partition
         for tp, records in polled.items():
             store = self.stores.setdefault(tp, PartitionStore())
+            touched = store.touched
+            if records:
+                first[tp] = records[0].offset
             for rec in records:
                 n += 1
                 obs = decode_observation(rec.value, rec.key, self.model.spec)
                 if isinstance(obs, Rejection):
                     self._reject(tp, rec.offset, obs, rec.value, send)
+                elif touched.get(obs.series, -1) >= rec.offset:
+                    pass  # replay: the checkpointed state already holds this record
                 else:
                     queues.setdefault((tp, obs.series), []).append((obs, rec.offset, rec.value))
                 store.next_offset = rec.offset + 1
+        now = time.monotonic()
         while queues:
             # One round: the next observation of every queued series, one batched model step.
             keys, seen = [], set()
@@ -443,7 +482,7 @@ class StreamProcessor:
                 store.series[series] = new
                 store.series.move_to_end(series)
                 store.touched[series] = off
-                store.dirty.add(series)
+                store.mark_dirty(series, now, first[tp])
                 store.evicted.discard(series)
                 accepted.append(out)
             self.metrics.forecasts += len(accepted)
@@ -478,7 +517,7 @@ class StreamProcessor:
         while len(store.series) > self.cfg.max_series_per_partition:
             series, _ = store.series.popitem(last=False)  # least recently updated
             store.touched.pop(series, None)
-            store.dirty.discard(series)
+            store.dirty.pop(series, None)
             store.evicted.add(series)
             self.metrics.evictions += 1
 
@@ -488,7 +527,7 @@ class StreamProcessor:
         ]:
             del store.series[series]
             del store.touched[series]
-            store.dirty.discard(series)
+            store.dirty.pop(series, None)
             store.evicted.add(series)
             self.metrics.evictions += 1
 
@@ -505,38 +544,66 @@ class StreamProcessor:
             )
 
     # ---- checkpoints ---------------------------------------------------------------------
-    def _due(self) -> list[TopicPartition]:
-        """Partitions whose checkpoint is due. Each has its own phase (set at restore), so the
-        partitions of a replica checkpoint in turn rather than all in one transaction: the
-        pause a checkpoint costs is spread instead of piled up."""
-        now = time.monotonic()
-        interval = self.cfg.checkpoint_interval_s
-        return [
-            tp for tp in self.stores if now - self._last_checkpoint.setdefault(tp, now) >= interval
-        ]
+    def _sweep_due(self, tp: TopicPartition, now: float) -> bool:
+        """Each partition sweeps idle series and writes its marker once an interval, on its own
+        phase (set at restore), so the partitions of a replica take turns."""
+        return now - self._last_sweep.setdefault(tp, now) >= self.cfg.checkpoint_interval_s
 
-    def _checkpoint(
-        self, producer: KafkaProducer, tps: Iterable[TopicPartition] | None = None
-    ) -> None:
+    def _due_before(self, now: float) -> float:
+        """Changes made before this time are due. While checkpoints are refused, all of them."""
+        return float("inf") if self._checkpoint_failing else now - self.cfg.checkpoint_interval_s
+
+    def _checkpoint_due(self) -> bool:
+        now = time.monotonic()
+        before = self._due_before(now)
+        for tp, store in self.stores.items():
+            if store.evicted or self._sweep_due(tp, now):
+                return True
+            for t, _ in store.dirty.values():  # the oldest change decides
+                if t <= before:
+                    return True
+                break
+        return False
+
+    def _checkpoint(self, producer: KafkaProducer, force: bool = False) -> set[TopicPartition]:
+        """Send, per partition, the states whose first unwritten change is due (all with
+        `force`), tombstones for evicted series, and then the partition's marker: the offset
+        replay must start from, given what the changelog holds once this transaction commits.
+        Returns the partitions written to."""
         t0 = time.perf_counter()
-        for tp in list(self.stores) if tps is None else tps:
-            store = self.stores[tp]
-            self._sweep_idle(store)
-            sends = self._changelog_sends
-            for series in store.dirty:
+        now = time.monotonic()
+        before = float("inf") if force else self._due_before(now)
+        sends = self._changelog_sends
+        written = set()
+        for tp, store in self.stores.items():
+            sweep = self._sweep_due(tp, now)
+            if sweep:
+                self._sweep_idle(store)
+                self._last_sweep[tp] = now
+            wrote = sweep or bool(store.evicted)
+            dirty = store.dirty
+            while dirty:
+                series, (t, _) = next(iter(dirty.items()))
+                if t > before:
+                    break
+                del dirty[series]
                 value = encode_series(store.series[series], self.layout, store.touched[series])
                 sends.append(
                     producer.send(
                         self.cfg.changelog, key=series.encode(), value=value, partition=tp.partition
                     )
                 )
+                wrote = True
             for series in store.evicted:
                 sends.append(
                     producer.send(
                         self.cfg.changelog, key=series.encode(), value=None, partition=tp.partition
                     )
                 )
-            marker = Marker(store.next_offset, self.model.label, self.layout)
+            store.evicted.clear()
+            if not wrote:
+                continue
+            marker = Marker(store.marker_offset(), self.model.label, self.layout)
             sends.append(
                 producer.send(
                     self.cfg.changelog,
@@ -545,9 +612,10 @@ class StreamProcessor:
                     partition=tp.partition,
                 )
             )
-            store.dirty.clear()
-            store.evicted.clear()
-        self.metrics.checkpoint_seconds = time.perf_counter() - t0
+            written.add(tp)
+        if written:
+            self.metrics.checkpoint_seconds = time.perf_counter() - t0
+        return written
 
     def restore(self, tps: Iterable[TopicPartition]) -> None:
         """Rebuild the state of `tps` from the changelog, then replay input up to the commit."""
@@ -563,12 +631,10 @@ class StreamProcessor:
                 )
                 store = self._rewarm(store)
             self.stores[tp] = store
-            # Stagger the partitions' checkpoints over the interval (golden-ratio phases). A
-            # partition restored again (rewind, reopened clients) keeps its clock: a checkpoint
-            # that was due, perhaps refused, stays due, so the next transaction carries it rather
-            # than committing offsets further past the last durable one.
+            # Stagger the partitions' sweeps and markers over the interval (golden-ratio phases);
+            # a partition restored again (rewind, reopened clients) keeps its clock.
             phase = (tp.partition * 0.6180339887) % 1.0
-            self._last_checkpoint.setdefault(
+            self._last_sweep.setdefault(
                 tp, time.monotonic() - phase * self.cfg.checkpoint_interval_s
             )
             replayed = 0
@@ -707,7 +773,7 @@ class StreamProcessor:
         tps = list(self.stores)
         self.stores.clear()
         self._changelog_sends = []
-        self.restore(tps)  # keeps each partition's checkpoint clock (see restore)
+        self.restore(tps)  # keeps each partition's sweep clock (see restore)
 
     def _rewarm(self, store: PartitionStore) -> PartitionStore:
         from serving.hot_swap import rewarm
@@ -716,7 +782,7 @@ class StreamProcessor:
         new = PartitionStore(
             series=OrderedDict(out), touched=dict(store.touched), next_offset=store.next_offset
         )
-        new.dirty = set(out)
+        new.all_due()
         return new
 
     def _update_lag(self) -> None:
@@ -741,10 +807,8 @@ class StreamProcessor:
             for store in self.stores.values():
                 store.series = OrderedDict(rewarm(model, store.series))
         self.layout = new_layout
-        for store in self.stores.values():
-            store.dirty = set(store.series)
-        for tp in self.stores:  # the next transaction checkpoints every partition, new model
-            self._last_checkpoint[tp] = float("-inf")
+        for store in self.stores.values():  # the next transaction writes every state, new model
+            store.all_due()
         self.metrics.model_swaps += 1
         log.info(
             "model %s -> %s (state %s)", old.label, model.label, "kept" if kept else "re-warmed"
