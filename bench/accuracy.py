@@ -12,6 +12,12 @@ bound by kernel launches, so several processes share it well). --variant NAME=OP
 method variant (e.g. --variant mixed="--no-channel-independent --lr 1e-3"); without one the
 defaults below are the method.
 
+--save-dir DIR keeps each run's best weights and config; --ensemble-from DIR then scores the
+mean forecast of the runs there that differ only in their seed (a seed ensemble), under the same
+protocol. Weather's `-9999` sentinels are masked for training and for the model's scaler; the
+`protocol` columns score with the standard protocol's scaler instead (fitted on the raw train
+rows, sentinels in, as the published figures are), the columns beside the published ones.
+
 (Run it as a module: as a script, bench/kernels.py would shadow the `kernels` package.)
 """
 
@@ -27,14 +33,19 @@ import math
 import multiprocessing
 import shlex
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
 from forecast import build_model
+from forecast.model import Forecaster
 from pipelines.config import DataConfig, TrainConfig
-from pipelines.data import read_dataset
+from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model
 from pipelines.fit import make_optimizer, train_epoch, training_windows, validate
 from pipelines.protocol import protocol_splits
@@ -51,7 +62,52 @@ PUBLISHED = {
 }
 
 
-def run_one(path: Path, cfg: TrainConfig, device: str, label: str = "") -> dict[str, object]:
+def protocol_scale(path: Path, train: tuple[int, int]) -> np.ndarray:
+    """The standard protocol's per-channel scale [C]: population std of the raw train rows,
+    missing-value sentinels left in (as published code fits its StandardScaler)."""
+    raw = read_dataset(path, DataConfig(missing_values=())).values[:, train[0] : train[1]]
+    return np.nanstd(raw.reshape(-1, raw.shape[-1]).astype(np.float64), axis=0)
+
+
+def score(
+    model: Forecaster, data: SeriesData, path: Path, cfg: TrainConfig, val: float
+) -> dict[str, Any]:
+    """Test MSE/MAE with a lookback window and with the full history, with the model's scaler
+    and with the protocol's."""
+    splits = protocol_splits(data.name, data.n_steps)
+    proto = protocol_scale(path, splits.train)
+    window = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test")
+    full = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test", full_history=True)
+    window_p, full_p = window, full
+    if not np.allclose(proto, model.encoder.scale.double().cpu().numpy(), rtol=1e-6):
+        window_p = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test", score_scale=proto)
+        full_p = evaluate_model(
+            model, data, cfg.lookback, cfg.horizon, "test", full_history=True, score_scale=proto
+        )
+    published = PUBLISHED.get((data.name, cfg.horizon), (math.nan, math.nan))
+    return {
+        "dataset": data.name,
+        "kind": cfg.kind,
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "data"},
+        "horizon": cfg.horizon,
+        "lookback": cfg.lookback,
+        "val_mse": val,
+        "test_mse": window.mse,
+        "test_mae": window.mae,
+        "full_history_mse": full.mse,
+        "full_history_mae": full.mae,
+        "test_mse_protocol": window_p.mse,
+        "test_mae_protocol": window_p.mae,
+        "full_history_mse_protocol": full_p.mse,
+        "windows": window.windows,
+        "published_best_l96": published[0],
+        "published_best_any": published[1],
+    }
+
+
+def run_one(
+    path: Path, cfg: TrainConfig, device: str, label: str = "", save_dir: str | None = None
+) -> dict[str, object]:
     torch.manual_seed(cfg.seed)
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
@@ -80,28 +136,90 @@ def run_one(path: Path, cfg: TrainConfig, device: str, label: str = "") -> dict[
     train_s = time.perf_counter() - start
     assert best_state is not None
     model.load_state_dict(best_state)
-    window = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test")
-    full = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test", full_history=True)
-    published = PUBLISHED.get((data.name, cfg.horizon), (math.nan, math.nan))
-    return {
-        "dataset": data.name,
-        "kind": cfg.kind,
-        "variant": label,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "data"},
-        "horizon": cfg.horizon,
-        "lookback": cfg.lookback,
-        "epochs": epochs,
-        "val_mse": best,
-        "test_mse": window.mse,
-        "test_mae": window.mae,
-        "full_history_mse": full.mse,
-        "full_history_mae": full.mae,
-        "windows": window.windows,
-        "published_best_l96": published[0],
-        "published_best_any": published[1],
-        "train_seconds": round(train_s, 1),
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-    }
+    if save_dir:
+        # Saved before scoring, so a run cut while scoring still joins its seed ensemble.
+        name = f"{label}_{data.name}_H{cfg.horizon}_L{cfg.lookback}_s{cfg.seed}"
+        folder = Path(save_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.cpu().contiguous() for k, v in best_state.items()}, folder / f"{name}.st")
+        meta = {"label": label, "val_mse": best, "config": dataclasses.asdict(cfg)}
+        (folder / f"{name}.json").write_text(json.dumps(meta))
+    row = score(model, data, path, cfg, best)
+    row.update(
+        variant=label,
+        epochs=epochs,
+        train_seconds=round(train_s, 1),
+        device=torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+    )
+    return row
+
+
+class MeanEnsemble(nn.Module):
+    """The mean forecast of members that share a config (but for the seed) and a scaler; it
+    reads like a Forecaster to the evaluator (its state: one per member)."""
+
+    def __init__(self, members: list[Forecaster]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+        self.encoder = members[0].encoder
+        self.point = members[0].point
+
+    def forward(
+        self,
+        x: Tensor,
+        state: tuple[Any, ...] | None = None,
+        covariates: Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[Tensor, tuple[Any, ...]]:
+        states = state if state is not None else (None,) * len(self.members)
+        outs = [
+            m(x, s, covariates=covariates, last_only=last_only)
+            for m, s in zip(self.members, states, strict=True)
+        ]
+        return torch.stack([y for y, _ in outs]).mean(0), tuple(s for _, s in outs)
+
+
+def ensembles(folder: Path, device: str) -> list[dict[str, Any]]:
+    """Score every group of saved runs that differ only in the seed (two or more) as one mean
+    forecast; its validation MSE is the ensemble's own, so groups compare by validation."""
+    groups: dict[str, list[tuple[dict[str, Any], Path]]] = {}
+    for meta_path in sorted(folder.glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        key = json.dumps({k: v for k, v in meta["config"].items() if k != "seed"}, sort_keys=True)
+        groups.setdefault(key, []).append((meta, meta_path.with_suffix(".st")))
+    rows = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda m: m[0]["config"]["seed"])
+        cfgs = [TrainConfig(**m["config"]) for m, _ in members]
+        cfg, path = cfgs[0], Path(cfgs[0].data)
+        data = read_dataset(path, DataConfig())
+        models = []
+        for c, (_, weights) in zip(cfgs, members, strict=True):
+            model = build_model(c.model_config(len(data.channels), data.covariates.shape[-1]))
+            model.load_state_dict(load_file(str(weights)))
+            models.append(model.to(device).eval())
+        ens = typing.cast(Forecaster, MeanEnsemble(models))
+        splits = protocol_splits(data.name, data.n_steps)
+        val = validate(ens, data.values, data.covariates, splits.val, cfg, device)
+        row = score(ens, data, path, cfg, val)
+        seeds = [c.seed for c in cfgs]
+        row.update(
+            variant=f"{members[0][0]['label']} ens{len(models)}",
+            seeds=seeds,
+            member_val_mse=[m["val_mse"] for m, _ in members],
+            epochs=0,
+            train_seconds=0.0,
+        )
+        print(
+            f"  ensemble {row['variant']} {data.name} H={cfg.horizon} L={cfg.lookback}: "
+            f"val {val:.4f} test {row['test_mse']:.4f}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
 
 
 def method_parser() -> argparse.ArgumentParser:
@@ -127,6 +245,7 @@ def method_parser() -> argparse.ArgumentParser:
     p.add_argument("--linear-norm", default="running", choices=["running", "window"])
     p.add_argument("--zero-head", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--mse-weight", type=float, default=1.0)
+    p.add_argument("--point-loss", default="pinball", choices=["pinball", "mse"])
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -157,14 +276,15 @@ def train_config(args: argparse.Namespace, data: str, lookback: int, horizon: in
         linear_norm=args.linear_norm,
         zero_head=args.zero_head,
         mse_weight=args.mse_weight,
+        point_loss=args.point_loss,
         d_state=args.d_state,
         seed=args.seed,
     )
 
 
-def _job(item: tuple[str, TrainConfig, str, str | None]) -> dict[str, Any]:
-    label, cfg, device, out = item
-    row = run_one(Path(cfg.data), cfg, device, label)
+def _job(item: tuple[str, TrainConfig, str, str | None, str | None]) -> dict[str, Any]:
+    label, cfg, device, out, save_dir = item
+    row = run_one(Path(cfg.data), cfg, device, label, save_dir)
     if out:
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -191,7 +311,21 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="configurations trained at once")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="append one JSON line per result")
+    p.add_argument("--save-dir", default=None, help="keep each run's best weights here")
+    p.add_argument(
+        "--ensemble-from",
+        default=None,
+        metavar="DIR",
+        help="score the seed ensembles of the runs saved in DIR (and train nothing)",
+    )
     args = p.parse_args()
+    if args.ensemble_from:
+        rows = ensembles(Path(args.ensemble_from), args.device)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        print_table(rows)
+        return
     variants = [("default", args)]
     if args.variant:
         variants = []
@@ -206,6 +340,7 @@ def main() -> None:
             train_config(v, str(Path(args.data_dir) / f"{name}.csv"), lookback, horizon),
             args.device,
             args.out,
+            args.save_dir,
         )
         for name, horizon, lookback, (label, v) in itertools.product(
             args.datasets, args.horizons, args.lookbacks, variants
@@ -225,14 +360,17 @@ def main() -> None:
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
         "| dataset | H | L | variant | val MSE | test MSE | test MAE | full-history MSE "
+        "| test MSE (protocol) | full-history (protocol) "
         "| best published (L=96 / any) | epochs | train s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['dataset']} | {r['horizon']} | {r['lookback']} | {r['variant']} "
             f"| {r['val_mse']:.3f} | {r['test_mse']:.3f} | "
-            f"{r['test_mae']:.3f} | {r['full_history_mse']:.3f} | {r['published_best_l96']} / "
+            f"{r['test_mae']:.3f} | {r['full_history_mse']:.3f} "
+            f"| {r['test_mse_protocol']:.3f} | {r['full_history_mse_protocol']:.3f} "
+            f"| {r['published_best_l96']} / "
             f"{r['published_best_any']} | {r['epochs']} | {r['train_seconds']} |"
         )
 

@@ -14,6 +14,7 @@ __all__ = ["DataConfig", "TrainConfig", "config_from_dict"]
 SPLITS = ("auto", "ett-hourly", "ett-15min", "ratio")
 LOSS_POSITIONS = ("origin", "all")
 LR_SCHEDULES = ("constant", "cosine")
+POINT_LOSSES = ("pinball", "mse")
 C = TypeVar("C")
 
 
@@ -79,6 +80,11 @@ class TrainConfig:
     steps_per_epoch: int = 0
     # Weight of an MSE term on the median next to the pinball loss: the benchmarks score MSE.
     mse_weight: float = 1.0
+    # What trains the point forecast (the median, which is scored): "pinball" (its pinball loss
+    # plus the MSE term, and the other quantiles' pinball pulls it too) or "mse" (the MSE term
+    # alone: the benchmarks score MSE; the band's pinball loss then trains the offsets from the
+    # median, not the median).
+    point_loss: str = "pinball"
     d_model: int = 64
     n_layers: int = 2
     d_state: int = 16
@@ -117,6 +123,12 @@ class TrainConfig:
             raise ValueError("TrainConfig.steps_per_epoch must be >= 0")
         if not self.lr > 0 or self.weight_decay < 0 or self.mse_weight < 0:
             raise ValueError("TrainConfig: lr must be > 0, weight_decay and mse_weight >= 0")
+        if self.point_loss not in POINT_LOSSES:
+            raise ValueError(
+                f"TrainConfig.point_loss must be one of {POINT_LOSSES}, got {self.point_loss!r}"
+            )
+        if self.point_loss == "mse" and not self.mse_weight > 0:
+            raise ValueError("TrainConfig.point_loss 'mse' needs mse_weight > 0")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"

@@ -49,6 +49,7 @@ def evaluate_model(
     full_history: bool = False,
     batch_size: int = 512,
     progress: bool = False,
+    score_scale: np.ndarray | None = None,
 ) -> EvalResult:
     """MSE/MAE on scaled values (the model's own scaler) over every window of `split`.
 
@@ -56,11 +57,16 @@ def evaluate_model(
     full_history=True: the model carries its state through all rows before each window's forecast
     origin (no window at all); the windows scored, and their targets, are the same.
     progress: a tqdm bar on stderr over the batches (windows) or chunks (full history).
+    score_scale [C]: the per-channel scale errors are divided by (default: the model's scaler).
     """
     if horizon > model.config.horizon:
         raise ValueError(f"horizon {horizon} exceeds the model's horizon {model.config.horizon}")
     bounds = protocol_splits(data.name, data.n_steps, split_mode).get(split)
-    scale = model.encoder.scale.double().cpu().numpy()
+    scale = (
+        model.encoder.scale.double().cpu().numpy()
+        if score_scale is None
+        else np.asarray(score_scale, dtype=np.float64)
+    )
     was_training = model.training
     model.eval()
     starts = window_starts(bounds, lookback, horizon)

@@ -65,19 +65,33 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def forecast_loss(
-    model: Forecaster, y: torch.Tensor, target: torch.Tensor, mse_weight: float
+    model: Forecaster,
+    y: torch.Tensor,
+    target: torch.Tensor,
+    mse_weight: float,
+    point_loss: str = "pinball",
 ) -> torch.Tensor:
     """Pinball over the quantiles plus MSE of the median, on scaled values.
 
-    y [..., H, C, Q]; target [..., H, C] (NaN = missing, left out).
+    y [..., H, C, Q]; target [..., H, C] (NaN = missing, left out). point_loss "mse": the median
+    is trained by the MSE term alone; the other quantiles' pinball loss reaches only their
+    offsets from it (the median is detached inside the band).
     """
     loc, scale = model.encoder.loc, model.encoder.scale
     z = (y - loc[:, None]) / scale[:, None]
     zt = (target - loc) / scale
-    loss = quantile_loss(z, zt, model.quantiles)
+    m = model.config.median_index
+    if point_loss == "mse":
+        center = z[..., m : m + 1]
+        band = z - center + center.detach()
+        outer = [i for i in range(len(model.quantiles)) if i != m]
+        qs = tuple(model.quantiles[i] for i in outer)
+        loss = quantile_loss(band[..., outer], zt, qs) if outer else z.new_zeros(())
+    else:
+        loss = quantile_loss(z, zt, model.quantiles)
     if mse_weight:
         observed = ~torch.isnan(zt)
-        err = torch.where(observed, z[..., model.config.median_index] - torch.nan_to_num(zt), 0.0)
+        err = torch.where(observed, z[..., m] - torch.nan_to_num(zt), 0.0)
         loss = loss + mse_weight * (err**2).sum() / observed.sum().clamp_min(1)
     return loss
 
@@ -131,7 +145,7 @@ def train_epoch(
             last_only=origin,
         )
         target = x[:, cfg.lookback :] if origin else horizon_targets(x, cfg.horizon)
-        loss = forecast_loss(model, y, target, cfg.mse_weight)
+        loss = forecast_loss(model, y, target, cfg.mse_weight, cfg.point_loss)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

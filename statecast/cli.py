@@ -115,6 +115,16 @@ def _train(args: argparse.Namespace) -> int:
         d_model=args.d_model,
         n_layers=args.n_layers,
         norm_halflife=args.norm_halflife,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        linear_lr=args.linear_lr,
+        linear_norm=args.linear_norm,
+        zero_head=args.zero_head,
+        dropout=args.dropout,
+        channel_independent=args.channel_independent,
+        point_loss=args.point_loss,
+        mse_weight=args.mse_weight,
         workers=args.workers,
         use_gpu=args.gpu,
         seed=args.seed,
@@ -362,6 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=96,
         help="per-series running normalisation half-life (steps; 0 = off)",
     )
+    # The recipe options of docs/RESULTS.md (defaults: TrainConfig's, training as before).
+    tr.add_argument("--weight-decay", type=float, default=0.01)
+    tr.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    tr.add_argument("--warmup-epochs", type=float, default=0.0)
+    tr.add_argument("--linear-lr", type=float, default=None, help="linear path's rate (--lr)")
+    tr.add_argument("--linear-norm", default="running", choices=["running", "window"])
+    tr.add_argument("--zero-head", action="store_true", help="quantile head starts at zero")
+    tr.add_argument("--dropout", type=float, default=0.0)
+    tr.add_argument("--channel-independent", action="store_true")
+    tr.add_argument(
+        "--point-loss",
+        default="pinball",
+        choices=["pinball", "mse"],
+        help="what trains the median (the point forecast): pinball + MSE, or MSE alone",
+    )
+    tr.add_argument("--mse-weight", type=float, default=1.0)
     tr.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
     tr.add_argument("--seed", type=int, default=0)

@@ -47,3 +47,41 @@ def test_quickstart_rejects_unknown_model() -> None:
     )
     assert proc.returncode != 0
     assert "--model must be one of" in proc.stderr
+
+
+def test_train_passes_the_recipe_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`statecast train`'s recipe options reach TrainConfig (training itself is faked)."""
+    import types
+    from typing import Any
+
+    import pipelines.train
+    from statecast.cli import build_parser
+
+    seen: dict[str, Any] = {}
+
+    def fake_train(cfg: object, data_cfg: object, **kwargs: object) -> object:
+        seen["cfg"] = cfg
+        return types.SimpleNamespace(
+            run_id="r",
+            model_uri="m",
+            test_mse=0.0,
+            test_mae=0.0,
+            best_val_mse=0.0,
+            epochs=1,
+            registered_version=None,
+            champion=False,
+        )
+
+    monkeypatch.setattr(pipelines.train, "train", fake_train)
+    options = (
+        "train --data x.csv --lr-schedule cosine --warmup-epochs 0.5 --linear-lr 5e-3 "
+        "--linear-norm window --zero-head --dropout 0.1 --point-loss mse --mse-weight 2 "
+        "--weight-decay 0.05 --channel-independent"
+    )
+    args = build_parser().parse_args(options.split())
+    assert args.fn(args) == 0
+    cfg = seen["cfg"]
+    assert (cfg.lr_schedule, cfg.warmup_epochs, cfg.linear_lr) == ("cosine", 0.5, 5e-3)
+    assert (cfg.linear_norm, cfg.zero_head, cfg.dropout) == ("window", True, 0.1)
+    assert (cfg.point_loss, cfg.mse_weight, cfg.weight_decay) == ("mse", 2.0, 0.05)
+    assert cfg.channel_independent
