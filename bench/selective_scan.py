@@ -309,42 +309,47 @@ def _variant_rows(copy: float) -> list[Row]:
     g_def = chunk._backward(x, dt, A, B, C, hs, dy, dh)
     fwd_bytes = _scan_bytes(copies[0][:6], False)
     bwd_bytes = _scan_bytes(copies[0][:6], True) - fwd_bytes
-    # (lanes over N, warps, channels per thread, steps per segment; None: the default).
-    for lanes_n, warps, dpt, seg in (
-        (1, 1, 1, MAIN_T),
-        (1, 1, 1, 1024),
-        (1, 1, 1, 128),
-        (1, 2, 1, None),
-        (1, 4, 1, None),
+    # (steps per chunk, chunks of B, C prefetched into L1 ahead, steps per segment; None: the
+    # default).
+    for steps, pf, seg in (
+        (8, 0, MAIN_T),
+        (16, 2, MAIN_T),
+        (16, 0, None),
+        (8, 2, None),
+        (16, 2, 256),
+        (32, 2, None),
     ):
-        cfg = chunk._config(WIDTH, STATE, chunk.CHUNK, lanes_n, warps, dpt)
+        cfg = chunk._Config(steps, 32, chunk._np(STATE), 1, 1)
 
-        def fwd(inp: list[Tensor], cfg: chunk._Config = cfg, seg: int | None = seg) -> object:
+        def fwd(
+            inp: list[Tensor], cfg: chunk._Config = cfg, seg: int | None = seg, pf: int = pf
+        ) -> object:
             x, dt, A, B, C, h0 = inp[:6]
-            return chunk._forward(x, dt, A, B, C, h0, False, cfg, seg)
+            return chunk._forward(x, dt, A, B, C, h0, False, cfg, seg, pf=pf)
 
         ms = time_ms(fwd, copies)
-        err = rel_err(y_def, chunk._forward(x, dt, A, B, C, h0, False, cfg, seg)[0])
-        note = f"{cfg}, segment {seg or 'default'}"
+        err = rel_err(y_def, chunk._forward(x, dt, A, B, C, h0, False, cfg, seg, pf=pf)[0])
+        note = f"{steps}-step chunks, B/C prefetch {pf} chunks ahead, segment {seg or 'default'}"
         out.append(_row("triton fwd cfg", MAIN_T, "fwd", ms, fwd_bytes, copy, err, note))
-    # (lanes over N, warps, channels per thread, register cap; None: the compiler's choice).
-    for lanes_n, warps, dpt, maxnreg in (
-        (2, 1, 1, 128),
-        (2, 1, 1, 168),
-        (1, 1, 1, None),
-        (4, 1, 1, None),
-        (8, 1, 1, 128),
+    # (lanes over N, chunks of B, C prefetched ahead, register cap; None: the compiler's choice).
+    for lanes_n, pf, maxnreg in (
+        (2, 0, None),
+        (2, 1, None),
+        (2, 3, None),
+        (2, 2, 168),
     ):
-        cfg = chunk._config(WIDTH, STATE, chunk.CHUNK, lanes_n, warps, dpt)
+        cfg = chunk._config(WIDTH, STATE, chunk.CHUNK, lanes_n, 1, 1)
 
-        def bwd(inp: list[Tensor], cfg: chunk._Config = cfg, cap: int | None = maxnreg) -> object:
+        def bwd(
+            inp: list[Tensor], cfg: chunk._Config = cfg, cap: int | None = maxnreg, pf: int = pf
+        ) -> object:
             x, dt, A, B, C, _, hs, dy, dh = inp
-            return chunk._backward(x, dt, A, B, C, hs, dy, dh, cfg, maxnreg=cap)
+            return chunk._backward(x, dt, A, B, C, hs, dy, dh, cfg, maxnreg=cap, pf=pf)
 
         ms = time_ms(bwd, copies, reps=20)
-        got = chunk._backward(x, dt, A, B, C, hs, dy, dh, cfg, maxnreg=maxnreg)
+        got = chunk._backward(x, dt, A, B, C, hs, dy, dh, cfg, maxnreg=maxnreg, pf=pf)
         err = max(rel_err(r, k) for r, k in zip(g_def, got, strict=True))
-        note = f"{cfg}, maxnreg {maxnreg}"
+        note = f"{cfg}, B/C prefetch {pf} chunks ahead, maxnreg {maxnreg}"
         out.append(_row("triton bwd cfg", MAIN_T, "bwd", ms, bwd_bytes, copy, err, note))
     return out
 

@@ -7,13 +7,15 @@ For series b, channel d and state slot n (see reference.py):
 
 Every program owns one series and BD channels and keeps their [D, N] state in registers; only
 y (and, for training, the state at every CHUNK-th step) goes to memory. B and C are read from one
-zero-padded float32 copy [B, T, 2, NP] (NP = N rounded up to a power of two), A as A log2(e).
+zero-padded float32 copy [B, T, 2, NP] (NP = N rounded up to a power of two, at least 4), A
+as A log2(e).
 
 - forward, up to three launches: the sequence is cut into segments of whole chunks that run in
   parallel (as many as fill the GPU). A local pass gives each segment's end state from a zero
   start and its summed dt, a carry pass chains them into true segment start states, and the
   full pass steps through each segment from its start state, chunk by chunk (x and dt of the
-  next chunk loaded while this one runs; the state tile [NT, BD, NL] in registers), writing y,
+  next chunk loaded while this one runs, B_t and C_t one step ahead with 16-byte loads, their
+  rows of a later chunk prefetched into L1; the state in registers), writing y,
   h_T and, when a gradient is needed, the state at every chunk start ([B, ceil(T / CHUNK), D,
   NP], float32);
 - backward, grid (D blocks, B): walks the chunks in reverse. Per chunk a forward pass from the
@@ -58,10 +60,21 @@ BWD_MAXNREG: int | None = None
 
 # Warps per multiprocessor below which the forward cuts the sequence into segments: without and
 # with saving the chunk-start states (the saving pass gains more from extra warps). On the H200
-# at the main shape, 4 segments ran 1.41 ms against 1.51 for 16 without saving; with saving, 16
-# segments 1.55 ms against 1.88 for 4.
+# at the main shape (one-off script, 2026-11-29 session 5), without saving 4 segments ran
+# 0.89 ms against 0.93 for one and 0.98 for 32; with saving 16 segments 1.18 ms against 1.33
+# for 4.
 FWD_WARPS_PER_SM = 16
 FWD_WARPS_PER_SM_SAVE = 64
+# Steps per chunk of the forward when it saves no states (the saving pass must use CHUNK): the
+# x, dt tiles of the next chunk are loaded this far ahead. 16 ran 0.89 ms against 1.00 for 8.
+FWD_CHUNK = 16
+# Chunks ahead of the running one whose B_t, C_t rows are prefetched into L1 (0: none), in the
+# forward without and with saving states and in the backward. Measured at the main shape:
+# forward 0.89 (2) / 0.89 (1) / 0.98 ms (0) at 16-step chunks; saving 1.18 (1) / 1.22 (2) /
+# 1.20 ms (0); backward 4.79 (2) / 4.98 (1) / 5.45 ms (0).
+FWD_PREFETCH = 2
+FWD_PREFETCH_SAVE = 1
+BWD_PREFETCH = 2
 
 
 class _Config(NamedTuple):
@@ -84,8 +97,14 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _np(N: int) -> int:
+    """State slots of the kernels' buffers: N padded to a power of two, at least 4 (the
+    forward reads 4 slots per 16-byte load)."""
+    return max(4, triton.next_power_of_2(N))
+
+
 def _config(D: int, N: int, steps: int, lanes_n: int, warps: int, d_per_thread: int) -> _Config:
-    np2 = triton.next_power_of_2(N)
+    np2 = _np(N)
     nl = min(np2, lanes_n)
     if _interpreting():
         # The interpreter runs one Python call per scanned element: keep its tiles small.
@@ -94,10 +113,11 @@ def _config(D: int, N: int, steps: int, lanes_n: int, warps: int, d_per_thread: 
     return _Config(steps, bd, np2 // nl, nl, max(1, min(warps, bd * nl // 32)))
 
 
-def _fwd_config(D: int, N: int) -> _Config:
+def _fwd_config(D: int, N: int, save: bool) -> _Config:
     # All state slots of a channel in one thread (y needs no shuffles), one warp per program:
-    # the fastest of the layouts timed by bench/selective_scan.py on the H200.
-    return _config(D, N, CHUNK, 1, 1, 1)
+    # the fastest of the layouts timed by bench/selective_scan.py on the H200. The forward
+    # kernel takes L, BD and the warps from the config; its slot layout is fixed (NP/4 x 4).
+    return _config(D, N, CHUNK if save else FWD_CHUNK, 1, 1, 1)
 
 
 def _bwd_config(D: int, N: int) -> _Config:
@@ -115,6 +135,55 @@ def _tile_index(pid_d, L: tl.constexpr, BD: tl.constexpr, NT: tl.constexpr, NL: 
 
 
 _NO_SPEC_FWD = ["T", "seg_steps", "n_seg", "s_xb", "s_xt", "s_db", "s_dt", "s_yb", "s_yt"]
+
+
+@triton.jit
+def _ld4(p, ASM: tl.constexpr):
+    """p[0..3] for every pointer of the tile p, as four float32 tiles of p's shape.
+
+    ASM: one 16-byte vector load per element of p (the tiles' layout keeps all of a channel's
+    slots in one thread, which Triton's own loads read with one scalar load per float).
+    Otherwise (the interpreter): four plain loads.
+    """
+    if ASM:
+        v0, v1, v2, v3 = tl.inline_asm_elementwise(
+            "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];",
+            "=r,=r,=r,=r,l",
+            [p.to(tl.int64)],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+            is_pure=True,
+            pack=1,
+        )
+        f0 = v0.to(tl.float32, bitcast=True)
+        f1 = v1.to(tl.float32, bitcast=True)
+        f2 = v2.to(tl.float32, bitcast=True)
+        f3 = v3.to(tl.float32, bitcast=True)
+    else:
+        f0 = tl.load(p)
+        f1 = tl.load(p + 1)
+        f2 = tl.load(p + 2)
+        f3 = tl.load(p + 3)
+    return f0, f1, f2, f3
+
+
+@triton.jit
+def _prefetch_l1(p, ASM: tl.constexpr):
+    """Bring the lines at the pointers p into this multiprocessor's L1 (nothing waits on it)."""
+    if ASM:
+        tl.inline_asm_elementwise(
+            "prefetch.global.L1 [$1]; mov.u32 $0, 0;",
+            "=r,l",
+            [p.to(tl.int64)],
+            dtype=tl.int32,
+            is_pure=False,
+            pack=1,
+        )
+
+
+@triton.jit
+def _row(tile, r, j: tl.constexpr):
+    """Row j of an [L, BD, 1] tile as [1, BD, 1] (the step index is a register index)."""
+    return tl.sum(tl.where(r == j, tile, -0.0), axis=0, keep_dims=True)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC_FWD)
@@ -144,77 +213,120 @@ def _fwd_kernel(
     s_yd,
     LOCAL: tl.constexpr,
     SAVE: tl.constexpr,
+    ASM: tl.constexpr,
+    PF: tl.constexpr,
     L: tl.constexpr,
     NP: tl.constexpr,
     BD: tl.constexpr,
-    NT: tl.constexpr,
-    NL: tl.constexpr,
 ):
     """One segment [seg * seg_steps, +seg_steps) of one series and BD channels, chunk by chunk.
 
     LOCAL: from a zero state; writes the segment's end state to hseg[b, seg] and its summed dt
     to sdt[b, seg] (y is not written). Otherwise: from hseg[b, seg] (the true start state); writes
     y, h_T (last segment) and, if SAVE, the state at every chunk start to hs. State buffers are
-    [B, *, D, NP] float32 (NP = N padded to a power of two); bc is [B, T, 2, NP] float32 (B_t
-    then C_t, zero padding), so the padded slots stay zero.
+    [B, *, D, NP] float32 (NP = N padded to a power of two, at least 4); bc is [B, T, 2, NP]
+    float32 (B_t then C_t, zero padding), so the padded slots stay zero.
+
+    The state is four [NP / 4, BD, 1] tiles h0..h3, tile i holding slots n = 4 k + i: one
+    16-byte load gives slots 4k..4k+3 of B_t (or C_t), one for each tile. Every thread owns one
+    channel and all of its slots. B_t, C_t of the next step are loaded one step ahead.
     """
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     seg = tl.program_id(2)
-    # The [NT, BD, NL] state tile; slot n = nl * NT + nt. Chunk tiles of x, dt are [L, BD, 1].
+    K: tl.constexpr = NP // 4
     r = tl.arange(0, L)[:, None, None]
     d = pid_d * BD + tl.arange(0, BD)[None, :, None]
-    n = tl.arange(0, NL)[None, None, :] * NT + tl.arange(0, NT)[:, None, None]
+    # Slot 4k of the [K, BD, 1] tiles (d * 0: full-shape pointers keep the tiles' layout).
+    n4 = 4 * tl.arange(0, K)[:, None, None] + d * 0
     d_ok = d < D
-    st = d * NP + n
-    A2 = tl.load(A2_ptr + st, mask=d_ok, other=0.0)
+    st = d * NP + n4
+    A0 = tl.load(A2_ptr + st, mask=d_ok, other=0.0)
+    A1 = tl.load(A2_ptr + st + 1, mask=d_ok, other=0.0)
+    A2 = tl.load(A2_ptr + st + 2, mask=d_ok, other=0.0)
+    A3 = tl.load(A2_ptr + st + 3, mask=d_ok, other=0.0)
     hseg_p = hseg_ptr + (b * n_seg + seg) * D * NP + st
     if LOCAL:
-        h = tl.zeros([NT, BD, NL], dtype=tl.float32)
+        h0 = tl.zeros([K, BD, 1], dtype=tl.float32)
+        h1 = tl.zeros([K, BD, 1], dtype=tl.float32)
+        h2 = tl.zeros([K, BD, 1], dtype=tl.float32)
+        h3 = tl.zeros([K, BD, 1], dtype=tl.float32)
         sdt = tl.zeros([1, BD, 1], dtype=tl.float32)
     else:
-        h = tl.load(hseg_p, mask=d_ok, other=0.0)
+        h0 = tl.load(hseg_p, mask=d_ok, other=0.0)
+        h1 = tl.load(hseg_p + 1, mask=d_ok, other=0.0)
+        h2 = tl.load(hseg_p + 2, mask=d_ok, other=0.0)
+        h3 = tl.load(hseg_p + 3, mask=d_ok, other=0.0)
     t0 = seg * seg_steps
     t1 = tl.minimum(T, t0 + seg_steps)
     x_p = x_ptr + b * s_xb + d * s_xd
     dt_p = dt_ptr + b * s_db + d * s_dd
-    bc_p = bc_ptr + b * T * (2 * NP) + n
+    bc_p = bc_ptr + b * T * (2 * NP) + n4
     y_p = y_ptr + b * s_yb + d * s_yd
     # The next chunk's x and dt are loaded a whole chunk ahead (their latency is DRAM's); past
     # the segment's end they are zero, which makes a step the identity (a_t = 1, u_t = 0).
     m = d_ok & (t0 + r < t1)
     x_n = tl.load(x_p + (t0 + r) * s_xt, mask=m, other=0.0)
     dt_n = tl.load(dt_p + (t0 + r) * s_dt, mask=m, other=0.0)
+    # B_t, C_t of the next step. Rows past T (re-read as row T - 1, in bounds) meet dt = 0.
+    t_b = tl.minimum(t0, T - 1) * (2 * NP)
+    Bn0, Bn1, Bn2, Bn3 = _ld4(bc_p + t_b, ASM)
+    if LOCAL:
+        Cn0, Cn1, Cn2, Cn3 = Bn0, Bn1, Bn2, Bn3
+    else:
+        Cn0, Cn1, Cn2, Cn3 = _ld4(bc_p + t_b + NP, ASM)
+    # Lane l prefetches row l mod L of the chunk PF chunks ahead: the B_t, C_t rows (one
+    # 128-byte line each at NP = 16) into L1, so that the per-step loads wait on L1, not L2.
+    lane = tl.arange(0, BD)[None, :, None] % L
     for c in range(t0 // L, tl.cdiv(t1, L)):
         tc = c * L
+        if PF > 0:
+            t_pf = tl.minimum(tc + PF * L + lane, T - 1)
+            _prefetch_l1(bc_ptr + b * T * (2 * NP) + t_pf * (2 * NP), ASM)
         x_c = x_n.to(tl.float32)
         dt_c = dt_n.to(tl.float32)
         m = d_ok & (tc + L + r < t1)
         x_n = tl.load(x_p + (tc + L + r) * s_xt, mask=m, other=0.0)
         dt_n = tl.load(dt_p + (tc + L + r) * s_dt, mask=m, other=0.0)
         if SAVE:
-            tl.store(hs_ptr + (b * tl.cdiv(T, L) + c) * D * NP + st, h, mask=d_ok)
+            hs_p = hs_ptr + (b * tl.cdiv(T, L) + c) * D * NP + st
+            tl.store(hs_p, h0, mask=d_ok)
+            tl.store(hs_p + 1, h1, mask=d_ok)
+            tl.store(hs_p + 2, h2, mask=d_ok)
+            tl.store(hs_p + 3, h3, mask=d_ok)
         if LOCAL:
             sdt += tl.sum(dt_c, axis=0, keep_dims=True)
         for j in tl.static_range(L):
-            # Row j of the chunk tiles (the step index is a register index: no data moves).
-            x_j = tl.sum(tl.where(r == j, x_c, -0.0), axis=0, keep_dims=True)
-            dt_j = tl.sum(tl.where(r == j, dt_c, -0.0), axis=0, keep_dims=True)
-            # Rows past T (re-read as row T - 1, in bounds) meet dt = 0: their B, C are unused.
-            t_j = tl.minimum(tc + j, T - 1)
-            B_j = tl.load(bc_p + t_j * (2 * NP))
-            h = tl.exp2(dt_j * A2) * h + (dt_j * x_j) * B_j
+            x_j = _row(x_c, r, j)
+            dt_j = _row(dt_c, r, j)
+            B0, B1, B2, B3 = Bn0, Bn1, Bn2, Bn3
+            C0, C1, C2, C3 = Cn0, Cn1, Cn2, Cn3
+            t_b = tl.minimum(tc + j + 1, T - 1) * (2 * NP)
+            Bn0, Bn1, Bn2, Bn3 = _ld4(bc_p + t_b, ASM)
             if not LOCAL:
-                C_j = tl.load(bc_p + t_j * (2 * NP) + NP)
-                y = tl.sum(tl.sum(h * C_j, axis=0, keep_dims=True), axis=2, keep_dims=True)
+                Cn0, Cn1, Cn2, Cn3 = _ld4(bc_p + t_b + NP, ASM)
+            u = dt_j * x_j
+            h0 = tl.exp2(dt_j * A0) * h0 + u * B0
+            h1 = tl.exp2(dt_j * A1) * h1 + u * B1
+            h2 = tl.exp2(dt_j * A2) * h2 + u * B2
+            h3 = tl.exp2(dt_j * A3) * h3 + u * B3
+            if not LOCAL:
+                hc = h0 * C0 + h1 * C1 + h2 * C2 + h3 * C3
+                y = tl.sum(hc, axis=0, keep_dims=True)
                 y_m = d_ok & (d * 0 + (tc + j) < t1)
                 tl.store(y_p + (tc + j) * s_yt, y.to(y_ptr.dtype.element_ty), mask=y_m)
     if LOCAL:
-        tl.store(hseg_p, h, mask=d_ok)
+        tl.store(hseg_p, h0, mask=d_ok)
+        tl.store(hseg_p + 1, h1, mask=d_ok)
+        tl.store(hseg_p + 2, h2, mask=d_ok)
+        tl.store(hseg_p + 3, h3, mask=d_ok)
         tl.store(sdt_ptr + (b * n_seg + seg) * D + d, sdt, mask=d_ok)
     elif seg == n_seg - 1:
-        hT_p = hT_ptr + b * D * N + d * N + n
-        tl.store(hT_p, h.to(hT_ptr.dtype.element_ty), mask=d_ok & (n < N))
+        hT_p = hT_ptr + b * D * N + d * N + n4
+        tl.store(hT_p, h0.to(hT_ptr.dtype.element_ty), mask=d_ok & (n4 < N))
+        tl.store(hT_p + 1, h1.to(hT_ptr.dtype.element_ty), mask=d_ok & (n4 + 1 < N))
+        tl.store(hT_p + 2, h2.to(hT_ptr.dtype.element_ty), mask=d_ok & (n4 + 2 < N))
+        tl.store(hT_p + 3, h3.to(hT_ptr.dtype.element_ty), mask=d_ok & (n4 + 3 < N))
 
 
 @triton.jit(do_not_specialize=["n_seg"])
@@ -230,14 +342,12 @@ def _carry_kernel(
     HAS_H0: tl.constexpr,
     NP: tl.constexpr,
     BD: tl.constexpr,
-    NT: tl.constexpr,
-    NL: tl.constexpr,
 ):
     """hseg[b, s] = state at segment s's start: h0, then exp(A sdt[s-1]) hseg[s-1] + hloc[s-1]."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)[None, :, None]
-    n = tl.arange(0, NL)[None, None, :] * NT + tl.arange(0, NT)[:, None, None]
+    n = tl.arange(0, NP)[:, None, None]
     d_ok = d < D
     st = d * NP + n
     A2 = tl.load(A2_ptr + st, mask=d_ok, other=0.0)
@@ -245,7 +355,7 @@ def _carry_kernel(
         h0_p = h0_ptr + b * D * N + d * N + n
         h = tl.load(h0_p, mask=d_ok & (n < N), other=0.0).to(tl.float32)
     else:
-        h = tl.zeros([NT, BD, NL], dtype=tl.float32)
+        h = tl.zeros([NP, BD, 1], dtype=tl.float32)
     tl.store(hseg_ptr + b * n_seg * D * NP + st, h, mask=d_ok)
     for s in range(1, n_seg):
         sdt = tl.load(sdt_ptr + (b * n_seg + s - 1) * D + d, mask=d_ok, other=0.0)
@@ -293,6 +403,8 @@ def _bwd_kernel(
     s_od,
     HAS_DHT: tl.constexpr,
     KEEP_A: tl.constexpr,
+    ASM: tl.constexpr,
+    PF: tl.constexpr,
     L: tl.constexpr,
     NP: tl.constexpr,
     BD: tl.constexpr,
@@ -340,9 +452,15 @@ def _bwd_kernel(
     dt_n = tl.load(dt_p + (t0 + r) * s_dt, mask=t_ok, other=0.0)
     dy_n = tl.load(dy_p + (t0 + r) * s_yt, mask=t_ok, other=0.0)
     hs_n = tl.load(hs_ptr + (b * n_chunks + n_chunks - 1) * D * NP + st, mask=d_ok, other=0.0)
+    # Lane l prefetches row l mod L of the chunk PF chunks before this one (the B_t, C_t rows,
+    # one 128-byte line each at NP = 16) into L1: the per-step loads then wait on L1, not L2.
+    lane = tl.arange(0, BD)[None, None, :, None] % L
     for i in range(n_chunks):
         c = n_chunks - 1 - i
         t0 = c * L
+        if PF > 0:
+            t_pf = tl.maximum(t0 - PF * L + lane, 0)
+            _prefetch_l1(bc_ptr + b * T * (2 * NP) + t_pf * (2 * NP), ASM)
         x_c = x_n.to(tl.float32)
         dt_c = dt_n.to(tl.float32)
         dy_c = dy_n.to(tl.float32)
@@ -460,7 +578,7 @@ def _pack(A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """
     width, n = A.shape
     batch, steps, _ = B.shape
-    np2 = triton.next_power_of_2(n)
+    np2 = _np(n)
     dev = B.device
     if np2 == n:
         # Every element is written below (tests fill _empty's buffers with NaN to check that).
@@ -486,6 +604,7 @@ def _forward(
     cfg: _Config | None = None,
     seg_steps: int | None = None,
     packed: tuple[Tensor, Tensor] | None = None,
+    pf: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """y [B, T, D], h_T [B, D, N] and, if `save`, the chunk-start states [B, T/CHUNK, D, NP].
 
@@ -495,12 +614,16 @@ def _forward(
     """
     batch, steps, width = x.shape
     n = A.shape[1]
-    cfg = cfg or _fwd_config(width, n)
-    np2 = triton.next_power_of_2(n)
+    cfg = cfg or _fwd_config(width, n, save)
+    if pf is None:
+        pf = FWD_PREFETCH_SAVE if save else FWD_PREFETCH
+    np2 = _np(n)
     A2, bc = packed or _pack(A, B, C)
     dev = x.device
     n_dblocks = triton.cdiv(width, cfg.BD)
     seg = seg_steps or _segments(steps, n_dblocks * batch * cfg.warps, dev, save)
+    # Segments start on chunk boundaries.
+    seg = triton.cdiv(seg, cfg.L) * cfg.L
     n_seg = max(1, triton.cdiv(steps, seg))
     y = _empty(batch, steps, width, device=dev, dtype=x.dtype)
     hT = _empty(batch, width, n, device=dev, dtype=x.dtype if h0 is None else h0.dtype)
@@ -511,7 +634,9 @@ def _forward(
     hloc = _empty(batch, n_seg, width, np2, device=dev, dtype=torch.float32)
     sdt = _empty(batch, n_seg, width, device=dev, dtype=torch.float32)
     strides = [*x.stride(), *dt.stride(), *y.stride()]
-    meta = {"L": CHUNK, "NP": np2, "BD": cfg.BD, "NT": cfg.NT, "NL": cfg.NL}
+    if save and cfg.L != CHUNK:
+        raise ValueError(f"the saved states are {CHUNK} steps apart; got a tile of {cfg.L} steps")
+    meta = {"L": cfg.L, "NP": np2, "BD": cfg.BD, "ASM": not _interpreting(), "PF": pf}
     if n_seg > 1:
         _fwd_kernel[(n_dblocks, batch, n_seg - 1)](
             x, dt, A2, bc, hloc, y, hT, hT, sdt, steps, width, n, seg, n_seg, *strides,
@@ -519,7 +644,7 @@ def _forward(
         )  # fmt: skip
     _carry_kernel[(n_dblocks, batch)](
         A2, h0.contiguous() if h0 is not None else hT, hloc, sdt, hseg, width, n, n_seg,
-        HAS_H0=h0 is not None, NP=np2, BD=cfg.BD, NT=cfg.NT, NL=cfg.NL, num_warps=cfg.warps,
+        HAS_H0=h0 is not None, NP=np2, BD=cfg.BD, num_warps=cfg.warps,
     )  # fmt: skip
     _fwd_kernel[(n_dblocks, batch, n_seg)](
         x, dt, A2, bc, hseg, y, hT, hs if hs is not None else hT, sdt, steps, width, n, seg,
@@ -541,12 +666,13 @@ def _backward(
     keep_a: bool = KEEP_A,
     maxnreg: int | None = BWD_MAXNREG,
     packed: tuple[Tensor, Tensor] | None = None,
+    pf: int = BWD_PREFETCH,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """dx, ddt [B, T, D]; dA [D, N]; dB, dC [B, T, N]; dh0 [B, D, N] (float32)."""
     batch, steps, width = x.shape
     n = A.shape[1]
     cfg = cfg or _bwd_config(width, n)
-    np2 = triton.next_power_of_2(n)
+    np2 = _np(n)
     if cfg.L != CHUNK or tuple(hs.shape) != (batch, triton.cdiv(steps, CHUNK), width, np2):
         raise ValueError(f"saved states {tuple(hs.shape)} do not match chunks of {CHUNK} steps")
     A2, bc = packed or _pack(A, B, C)
@@ -560,8 +686,9 @@ def _backward(
     _bwd_kernel[(n_dblocks, batch)](
         x, dt, A2, bc, hs, dy, dhT.contiguous() if dhT is not None else dh0, dx, ddt, dA_part,
         dbc_part, dh0, steps, width, n, batch, *x.stride(), *dt.stride(), *dy.stride(), 1, 1,
-        HAS_DHT=dhT is not None, KEEP_A=keep_a, L=cfg.L, NP=np2, BD=cfg.BD, NT=cfg.NT,
-        NL=cfg.NL, num_warps=cfg.warps, **({} if maxnreg is None else {"maxnreg": maxnreg}),
+        HAS_DHT=dhT is not None, KEEP_A=keep_a, ASM=not _interpreting(), PF=pf, L=cfg.L,
+        NP=np2, BD=cfg.BD, NT=cfg.NT, NL=cfg.NL, num_warps=cfg.warps,
+        **({} if maxnreg is None else {"maxnreg": maxnreg}),
     )  # fmt: skip
     # Fixed-order sums over series (dA) and D blocks (dB, dC): deterministic.
     dbc = dbc_part.sum(0)
