@@ -26,6 +26,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -206,6 +207,7 @@ class StreamProcessor:
         self.pending: set[TopicPartition] = set()  # assigned, not yet restored
         self._last_sweep: dict[TopicPartition, float] = {}  # per partition, see _sweep_due
         self._checkpoint_failing = False  # set by a refused checkpoint, cleared by a durable one
+        self._last_pass = time.monotonic()  # of _checkpoint, for its per-transaction budget
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self.error: BaseException | None = None
@@ -281,7 +283,7 @@ class StreamProcessor:
         # producer's init_transactions fences it anyway.
         closers = [
             (self._consumer, lambda c: c.close(timeout_ms=CLOSE_TIMEOUT_S * 1000)),
-            (self._producer, lambda p: p.close(timeout=CLOSE_TIMEOUT_S)),
+            (self._producer, _close_producer),
         ]
         for client, close in closers:
             if client is not None:
@@ -576,6 +578,13 @@ class StreamProcessor:
         t0 = time.perf_counter()
         now = time.monotonic()
         before = float("inf") if force else self._due_before(now)
+        # A budget per transaction: twice the rate that writes every dirty series once an
+        # interval, for the time since the last pass. Series changed in one big poll (a backlog,
+        # a restore) fall due together; the budget spreads them over about half an interval
+        # instead of one transaction that delays every forecast behind it.
+        share = min(2 * (now - self._last_pass) / self.cfg.checkpoint_interval_s, 1.0)
+        unlimited = force or self._checkpoint_failing
+        self._last_pass = now
         sends = self._changelog_sends
         written = set()
         for tp, store in self.stores.items():
@@ -585,10 +594,12 @@ class StreamProcessor:
                 self._last_sweep[tp] = now
             wrote = sweep or bool(store.evicted)
             dirty = store.dirty
-            while dirty:
+            budget = len(dirty) if unlimited else max(math.ceil(share * len(dirty)), 8)
+            while dirty and budget > 0:
                 series, (t, _) = next(iter(dirty.items()))
                 if t > before:
                     break
+                budget -= 1
                 del dirty[series]
                 value = encode_series(store.series[series], self.layout, store.touched[series])
                 sends.append(
@@ -816,6 +827,19 @@ class StreamProcessor:
         log.info(
             "model %s -> %s (state %s)", old.label, model.label, "kept" if kept else "re-warmed"
         )
+
+
+def _close_producer(producer: KafkaProducer) -> None:
+    try:
+        producer.close(timeout=CLOSE_TIMEOUT_S)
+    except KafkaError:
+        # The flush timed out on batches the broker will not take. kafka-python 3.0.12 then
+        # leaves the producer open, and its __del__ flushes again and raises inside the garbage
+        # collector, at a random later time. Fail what is left and close without flushing.
+        log.warning("closing the producer: undelivered batches dropped (an aborted transaction)")
+        producer._sender.force_close()
+        producer._accumulator.abort_batches(KafkaError("producer closed"))
+        producer.close(timeout=0)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -6,6 +6,7 @@ kept, incompatible ones re-warmed)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -144,6 +145,27 @@ def test_incremental_checkpoint_then_replay_reproduces_the_uninterrupted_states(
             got = restored.series[series]
             assert got.steps == state.steps == 4 and got.last_ts == state.last_ts, series
             torch.testing.assert_close(got.hidden, state.hidden, rtol=1e-12, atol=1e-12)
+
+
+def test_checkpoint_spreads_states_that_fall_due_together() -> None:
+    """100 series changed in one poll fall due together; one transaction writes only its budget
+    (twice the rate that writes every dirty series once an interval), oldest first, and the
+    marker stays at the oldest unwritten change. A refused checkpoint lifts the budget."""
+    proc = processor(checkpoint_interval_s=10.0)
+    proc.process({TP: [record(i, f"s{i}", 0) for i in range(100)]}, send=None)
+    store = proc.stores[TP]
+    for series, (_, off) in store.dirty.items():
+        store.dirty[series] = (float("-inf"), off)
+    proc._last_pass = time.monotonic() - 1.0  # a transaction of 1 s: 2 x 1/10 of the 100
+    log = Changelog()
+    proc._checkpoint(log)
+    states = [k for k, v in log.records if k != MARKER_KEY]
+    assert states == [f"s{i}".encode() for i in range(len(states))] and 20 <= len(states) <= 21
+    assert len(store.dirty) == 100 - len(states)
+    assert Marker.from_bytes(log.records[-1][1]).offset == 0  # type: ignore[arg-type]
+    proc._checkpoint_failing = True
+    proc._checkpoint(log)
+    assert not store.dirty and Marker.from_bytes(log.records[-1][1]).offset == 100  # type: ignore[arg-type]
 
 
 def test_swap_keeps_compatible_states_and_rewarms_the_rest() -> None:
