@@ -558,13 +558,24 @@ class StreamProcessor:
         """Changes made before this time are due. While checkpoints are refused, all of them."""
         return float("inf") if self._checkpoint_failing else now - self.cfg.checkpoint_interval_s
 
+    def _pass_due(self, now: float) -> bool:
+        """States are written by at most one transaction per twentieth of an interval: writing
+        some in every transaction added the changelog's round trips to each one, which cost more
+        than the writes at half load."""
+        return self._checkpoint_failing or now - self._last_pass >= self._pass_period
+
+    @property
+    def _pass_period(self) -> float:
+        return self.cfg.checkpoint_interval_s / 20
+
     def _checkpoint_due(self) -> bool:
         now = time.monotonic()
         before = self._due_before(now)
+        passing = self._pass_due(now)
         for tp, store in self.stores.items():
             if store.evicted or self._sweep_due(tp, now):
                 return True
-            for t, _ in store.dirty.values():  # the oldest change decides
+            for t, _ in store.dirty.values() if passing else ():  # the oldest change decides
                 if t <= before:
                     return True
                 break
@@ -578,13 +589,15 @@ class StreamProcessor:
         t0 = time.perf_counter()
         now = time.monotonic()
         before = float("inf") if force else self._due_before(now)
-        # A budget per transaction: twice the rate that writes every dirty series once an
-        # interval, for the time since the last pass. Series changed in one big poll (a backlog,
-        # a restore) fall due together; the budget spreads them over about half an interval
+        # A budget per pass: twice the rate that writes every dirty series once an interval,
+        # for the time since the last pass. Series changed in one big poll (a backlog, a
+        # restore) fall due together; the budget spreads them over about half an interval
         # instead of one transaction that delays every forecast behind it.
-        share = min(2 * (now - self._last_pass) / self.cfg.checkpoint_interval_s, 1.0)
         unlimited = force or self._checkpoint_failing
-        self._last_pass = now
+        passing = unlimited or self._pass_due(now)
+        share = min(2 * (now - self._last_pass) / self.cfg.checkpoint_interval_s, 1.0)
+        if passing:
+            self._last_pass = now
         sends = self._changelog_sends
         written = set()
         for tp, store in self.stores.items():
@@ -594,7 +607,12 @@ class StreamProcessor:
                 self._last_sweep[tp] = now
             wrote = sweep or bool(store.evicted)
             dirty = store.dirty
-            budget = len(dirty) if unlimited else max(math.ceil(share * len(dirty)), 8)
+            if not passing:
+                budget = 0
+            elif unlimited:
+                budget = len(dirty)
+            else:
+                budget = max(math.ceil(share * len(dirty)), 8)
             while dirty and budget > 0:
                 series, (t, _) = next(iter(dirty.items()))
                 if t > before:

@@ -117,6 +117,8 @@ def test_incremental_checkpoint_then_replay_reproduces_the_uninterrupted_states(
     store = proc.stores[TP]
     assert list(store.dirty) == ["a", "b", "c"] and not proc._checkpoint(log)  # nothing due yet
     store.dirty["a"] = (float("-inf"), store.dirty["a"][1])  # a's change is old enough
+    assert not proc._checkpoint(log)  # but states go out once a twentieth of the interval
+    proc._last_pass -= 3.0
     assert proc._checkpoint(log) == {TP}
     assert [k for k, _ in log.records] == [b"a", MARKER_KEY] and list(store.dirty) == ["b", "c"]
     assert Marker.from_bytes(log.records[-1][1]).offset == 0  # b and c changed from offset 0 on
