@@ -47,7 +47,13 @@ from serving.metrics import ProcessorMetrics
 from serving.observation import Observation, Rejection, decode_observation
 from serving.update import Forecast, SeriesState, StreamModel, update_batch
 
-__all__ = ["CheckpointError", "ProcessorConfig", "StreamProcessor", "forecast_message"]
+__all__ = [
+    "CheckpointError",
+    "ProcessorConfig",
+    "StreamProcessor",
+    "TransactionStuck",
+    "forecast_message",
+]
 
 log = logging.getLogger("statecast.serving")
 
@@ -189,6 +195,11 @@ class PartitionStore:
 
 
 Send = Callable[[str, bytes, bytes | None, int | None], None]
+
+
+class TransactionStuck(KafkaError):
+    """A transactional request got no answer within the transaction timeout: the producer is
+    unusable (kafka-python lost the request), so the worker reopens both clients."""
 
 
 class CheckpointError(KafkaError):
@@ -347,11 +358,15 @@ class StreamProcessor:
             }
             # The offsets' two round trips run while the sender thread delivers the batches, so
             # the checkpoint's confirmation below mostly finds them delivered already.
+            txn = producer._transaction_manager
             if offsets:
-                producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+                group = self._consumer.group_metadata()
+                self._await(producer, txn.send_offsets_to_transaction(offsets, group), "offsets")
             if written:
                 self._confirm_checkpoint(producer)
-            producer.commit_transaction()
+            self._await(producer, txn.begin_commit(), "commit")
+        except TransactionStuck:
+            raise  # the worker closes both clients and reconnects; nothing here was committed
         except KafkaError as e:
             # A refused checkpoint record can surface anywhere after it (a later send, the
             # flush, the commit): the checkpoint's own futures say whether it was the cause.
@@ -363,7 +378,7 @@ class StreamProcessor:
             self._back_off()
             self.metrics.transaction_failures += 1
             try:
-                producer.abort_transaction()
+                self._await(producer, producer._transaction_manager.begin_abort(), "abort")
             except KafkaError:
                 log.exception("abort failed; reopening the Kafka clients")
                 self.close()
@@ -395,6 +410,19 @@ class StreamProcessor:
             self._checkpoint_failing = False
         self._retry_s = 0.0
         return n
+
+    def _await(self, producer: KafkaProducer, result: Any, what: str) -> None:
+        """`send_offsets_to_transaction`, `commit_transaction` and `abort_transaction` with a
+        deadline. kafka-python 3.0.12 waits on them forever, and its sender drops a transactional
+        request whose coordinator refuses the connection (an exception from `await_ready` skips
+        the re-enqueue): a broker restart mid-transaction then hung the worker for good. After
+        the transaction timeout the broker aborts the transaction anyway, so that is the wait."""
+        producer._sender.wakeup()
+        if not result.wait(timeout_ms=self.cfg.transaction_timeout_ms):
+            raise TransactionStuck(
+                f"the broker did not answer the transaction's {what} within "
+                f"{self.cfg.transaction_timeout_ms / 1000:g} s"
+            )
 
     def _confirm_checkpoint(self, producer: KafkaProducer) -> None:
         """Wait until the broker has taken every checkpoint record of this transaction; raise
