@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.common import copy_bandwidth_gbps, fmt, rel_err, time_ms
-from kernels.rwkv7 import chunk, fused_recurrent
+from kernels.rwkv7 import chunk
 from kernels.rwkv7.chunk import rwkv7_chunk
 from kernels.rwkv7.fused_recurrent import rwkv7_fused_recurrent, rwkv7_step_fused
 from kernels.rwkv7.reference import rwkv7_scan, rwkv7_step
@@ -321,44 +321,187 @@ def rows(
     return out
 
 
+# Settings of kernels/rwkv7/chunk.py set together, one variant each, for --tune and --resources.
+# Chunks of 32 or 64 steps halve or quarter the chunks the two sequential passes walk; the
+# per-chunk backward keeps 16-step sub-chunks (CHUNK_BWD) or takes whole 32-step chunks. Warps
+# and pipelining stages are those that keep each kernel's local memory (spills) and shared memory
+# lowest in the compile report (--resources). The last row is the shipped setting.
+VARIANTS: list[dict[str, Any]] = [
+    {"CHUNK": 32, "CHUNK_BWD": 16, "PREP_WARPS": 4, "STATE_WARPS": 8},
+    {
+        "CHUNK": 32,
+        "CHUNK_BWD": 32,
+        "PREP_WARPS": 4,
+        "STATE_WARPS": 8,
+        "CHUNK_BWD_WARPS": {"tf32": 8},
+    },
+    {"CHUNK": 64, "CHUNK_BWD": 16, "PREP_WARPS": 8, "STATE_WARPS": 8, "STATE_STAGES": 2},
+    {"CHUNK": 16, "CHUNK_BWD": 16, "PREP_WARPS": 2, "STATE_WARPS": 4},
+]
+# --resources also reports the setting of the earlier chunk-32 timing (forward 9.5 ms on
+# 2026-11-29: the shipped warps with CHUNK = 32).
+EARLIER = [{"CHUNK": 32, "CHUNK_BWD": 32, "PREP_WARPS": 2, "STATE_WARPS": 4}]
+
+
+def _label(settings: dict[str, Any]) -> str:
+    return " ".join(f"{a}={v}" for a, v in settings.items())
+
+
+def _with_settings(settings: dict[str, Any], fn: Callable[[], Any]) -> Any:
+    old = {attr: getattr(chunk, attr) for attr in settings}
+    for attr, value in settings.items():
+        setattr(chunk, attr, value)
+    try:
+        return fn()
+    finally:
+        for attr, value in old.items():
+            setattr(chunk, attr, value)
+
+
+def _kernel_ms(steps: int) -> dict[str, float]:
+    """Mean ms per launch of each chunked kernel in a bfloat16 forward+backward (torch.profiler)."""
+    xs = [x.requires_grad_() for x in _inputs(BATCH, steps, torch.bfloat16, seed=20)]
+    dy = torch.randn_like(xs[0])
+    for _ in range(2):
+        torch.autograd.grad(rwkv7_chunk(*xs)[0], xs, dy)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            torch.autograd.grad(rwkv7_chunk(*xs)[0], xs, dy)
+        torch.cuda.synchronize()
+    names = {
+        "_prep_kernel": "prep",
+        "_fwd_kernel": "fwd state",
+        "_bwd_state_kernel": "bwd state",
+        "_bwd_chunk_kernel": "chunk bwd",
+    }
+    return {
+        names[e.key]: e.device_time_total / e.count / 1e3
+        for e in prof.key_averages()
+        if e.key in names
+    }
+
+
 def _tune() -> list[str]:
-    """Forward and forward+backward at the main shape for a few block settings; a variant with
-    backward is also checked against float64 (bfloat16 inputs), since warps and layouts change
-    the generated code."""
+    """Forward and forward+backward of the chunked kernels at the main shape for each of
+    VARIANTS, the time of each kernel (profiler), and a check against float64 (bfloat16 inputs),
+    since chunk sizes and warps change the generated code."""
     lines = []
-    # (kernel, module, setting, value, function, with backward)
-    variants: list[tuple[str, Any, str, Any, Scan, bool]] = [
-        ("chunk", chunk, "DOT_PRECISION_BF16", "tf32x3", rwkv7_chunk, True),
-        ("chunk", chunk, "CHUNK_BWD_WARPS", {"tf32": 8, "tf32x3": 8}, rwkv7_chunk, True),
-        ("chunk", chunk, "ROWS", 32, rwkv7_chunk, False),
-        ("chunk", chunk, "CHUNK", 32, rwkv7_chunk, False),
-        ("recurrent", fused_recurrent, "FWD_ROWS", 64, rwkv7_fused_recurrent, False),
-        ("recurrent", fused_recurrent, "FWD_WARPS", 4, rwkv7_fused_recurrent, False),
-        ("recurrent", fused_recurrent, "BWD_ROWS", 64, rwkv7_fused_recurrent, True),
-    ]
-    for label, module, attr, value, fn, backward in variants:
-        old = getattr(module, attr)
-        setattr(module, attr, value)
-        try:
-            ms = _time_scan(fn, MAIN_T, torch.bfloat16, backward, 5)
-            worst = max(_check({label: fn}, torch.bfloat16)[label]) if backward else None
-        finally:
-            setattr(module, attr, old)
-        pas = "fwd+bwd" if backward else "fwd"
-        checked = "" if worst is None else f", worst rel err {worst:.2e}"
-        lines.append(f"{label} {attr}={value}: {pas} {ms:.3f} ms at T={MAIN_T}{checked}")
+    for settings in VARIANTS:
+
+        def measure() -> tuple[float, float, dict[str, float], float]:
+            fwd = _time_scan(rwkv7_chunk, MAIN_T, torch.bfloat16, False, 10)
+            both = _time_scan(rwkv7_chunk, MAIN_T, torch.bfloat16, True, 10)
+            kernels = _kernel_ms(MAIN_T)
+            worst = max(_check({"chunk": rwkv7_chunk}, torch.bfloat16)["chunk"])
+            return fwd, both, kernels, worst
+
+        fwd, both, kernels, worst = _with_settings(settings, measure)
+        split = ", ".join(f"{name} {ms:.3f}" for name, ms in kernels.items())
+        lines.append(
+            f"chunk {_label(settings)}: fwd {fwd:.3f} ms, fwd+bwd {both:.3f} ms at T={MAIN_T} "
+            f"(kernels, ms: {split}), worst rel err {worst:.2e}"
+        )
         print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def _resources() -> list[str]:
+    """Registers, local-memory (spill) bytes and shared memory per thread block of the chunked
+    kernels for bfloat16 inputs at the main shape, compiled for sm_90 without a GPU (Triton's
+    compiler and its cuobjdump), for each of VARIANTS and EARLIER."""
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    # Buffers the kernels keep in float32; every other pointer is a bfloat16 input or output.
+    fp32 = {"mats", "ckpt", "dS"}
+    kernels = {
+        "prep": (chunk._prep_kernel, "PREP_WARPS"),
+        "fwd state pass": (chunk._fwd_kernel, "STATE_WARPS"),
+        "bwd state pass": (chunk._bwd_state_kernel, "STATE_WARPS"),
+        "chunk bwd": (chunk._bwd_chunk_kernel, "CHUNK_BWD_WARPS"),
+    }
+    lines = [f"triton {triton.__version__}, sm_90, B={BATCH} H={HEADS} K={SIZE} bf16"]
+    for settings in VARIANTS + EARLIER:
+        for name, (fn, warps_attr) in kernels.items():
+
+            def report(fn: Any = fn, warps_attr: str = warps_attr) -> str:
+                bk, bv, _, _ = chunk._sizes(SIZE)
+                warps = getattr(chunk, warps_attr)
+                warps = warps["tf32"] if isinstance(warps, dict) else warps
+                values = {
+                    "H": HEADS,
+                    "K": SIZE,
+                    "BC": chunk.CHUNK,
+                    "BT": chunk.CHUNK if fn is not chunk._bwd_chunk_kernel else chunk.CHUNK_BWD,
+                    "BK": bk,
+                    "BV": bv,
+                    "N_SQ": (
+                        chunk.CHUNK if fn is not chunk._bwd_chunk_kernel else chunk.CHUNK_BWD
+                    ).bit_length()
+                    - 2,
+                    "PREC": chunk.DOT_PRECISION_BF16,
+                    "USE_S0": False,
+                    "SAVE": True,
+                    "HAS_DS_OUT": True,
+                    "STORE_DS0": False,
+                }
+                sig, consts = {}, {}
+                for p in fn.params:
+                    if p.is_constexpr:
+                        sig[p.name], consts[p.name] = "constexpr", values[p.name]
+                    else:
+                        sig[p.name] = (
+                            "i32" if p.name == "T" else ("*fp32" if p.name in fp32 else "*bf16")
+                        )
+                src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+                options = {"num_warps": warps, "num_stages": chunk.STATE_STAGES}
+                compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                    f.write(compiled.asm["cubin"])
+                    f.flush()
+                    usage = subprocess.run(
+                        [cuobjdump, "-res-usage", f.name], capture_output=True, text=True
+                    ).stdout
+                res = dict(
+                    item.split(":")
+                    for line in usage.splitlines()
+                    if "REG:" in line
+                    for item in line.split()
+                )
+                return (
+                    f"{warps} warps: {res['REG']} registers, {res['STACK']} B stack (spills), "
+                    f"{compiled.metadata.shared} B shared"
+                )
+
+            lines.append(f"{_label(settings)} {name}: {_with_settings(settings, report)}")
+            print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="main shape only, no eager/compile")
-    parser.add_argument("--tune", action="store_true", help="first time block-size variants")
+    parser.add_argument("--tune", action="store_true", help="first time the chunked VARIANTS")
+    parser.add_argument(
+        "--resources",
+        action="store_true",
+        help="only compile the chunked VARIANTS for sm_90 (no GPU needed) and print registers",
+    )
     parser.add_argument("--sections", default="check,scan,step", help="of check, scan, step")
     parser.add_argument("--steps", default=",".join(map(str, STEPS)), help="T values to time")
     parser.add_argument("--impls", default=None, help="comma-separated impl names to time")
     args = parser.parse_args()
+    if args.resources:
+        for line in _resources():
+            print(line)
+        return
     tuned = _tune() if args.tune else []
     table = rows(
         quick=args.quick,

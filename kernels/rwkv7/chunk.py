@@ -22,12 +22,15 @@ Four kernels:
 - backward, state pass: grid (row blocks, B*H); walks the chunks backwards carrying the adjoint
   dS (from W and Q), writes it at every chunk end, and dS0;
 - backward, chunk pass: grid (B*H, chunks), all chunks at once; from the saved S at the chunk start
-  and dS at its end it recomputes the chunk and writes every input gradient.
+  and dS at its end it recomputes the chunk and writes every input gradient, in sub-chunks of
+  CHUNK_BWD steps from the last (S at a sub-chunk's start recomputed from the chunk's, dS at its
+  end carried from the sub-chunk after it).
 
 Numerics: the pairwise decays exp(g_t - g_s) are split as exp(g_t - m) * exp(m - g_s) with m half
 the chunk's total log decay, so each factor stays within exp(|g_C| / 2). In float32 that is exact
 while the log decay summed over one chunk stays above about -170 (log_w > -10 per step at BT = 16;
-the model's log_w lies in (-0.61, 0)); below that the factors overflow and the result is NaN.
+the model's log_w lies in (-0.61, 0); the bound is -5 at CHUNK = 32); below that the factors
+overflow and the result is NaN.
 Computed in float32 (the products in the precision `DOT_PRECISION` names); inputs may be float32 or
 bfloat16; y comes back in r's dtype, S_T in S0's dtype (r's when S0 is None).
 """
@@ -51,6 +54,10 @@ _empty = torch.empty
 # Steps per chunk. 16 is the smallest tile tl.dot takes; it keeps each decay factor under
 # exp(8 |log_w|) and the per-chunk state saved for the backward at B*H*ceil(T/16)*K*K*4 bytes.
 CHUNK = 16
+# Steps per sub-chunk of the per-chunk backward kernel (divides CHUNK): with CHUNK = 32 and 16 here
+# the sequential passes walk half as many chunks while the backward keeps 16-step tiles, walking
+# each chunk's two halves from the last (S at the second half's start recomputed from the chunk's).
+CHUNK_BWD = 16
 # Rows of S per program in the two sequential passes (at least 16, the smallest dot tile). Every
 # row block repeats the chunk's S-independent work (A_*, P), which dominates: measured on an H200
 # (2026-11-28, B=64, T=4096, H=4, K=64, bf16) the forward took 10.2 ms at 16 rows and 3.66 ms at
@@ -331,7 +338,43 @@ def _bwd_state_kernel(
 
 
 @triton.jit
-def _bwd_chunk_kernel(
+def _sub_forward(
+    S,
+    log_w,
+    k,
+    v,
+    a,
+    b,
+    base,
+    t0,
+    T,
+    o_j,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BT: tl.constexpr,
+    N_SQ: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """S [BK, BK] after the BT steps from t0, given S at t0 (value rows, key columns)."""
+    lw = _load_tile(log_w, base, t0, T, o_j, H, K, BT)
+    k_c = _load_tile(k, base, t0, T, o_j, H, K, BT)
+    a_c = _load_tile(a, base, t0, T, o_j, H, K, BT)
+    b_c = _load_tile(b, base, t0, T, o_j, H, K, BT)
+    v_c = _load_tile(v, base, t0, T, o_j, H, K, BT)
+    # The r terms are not needed here: a_c stands in for r and what it feeds is dead code.
+    _, _, _, _, _, A_ak, _, _, P, a_0, _, b_h, k_h, gam = _chunk_matrices(
+        a_c, lw, k_c, a_c, b_c, BT, N_SQ, PREC
+    )
+    Z = tl.dot(a_0, tl.trans(S), input_precision=PREC) + tl.dot(A_ak, v_c, input_precision=PREC)
+    U = tl.dot(P, Z, input_precision=PREC)
+    S = S * gam[None, :] + tl.dot(tl.trans(U), b_h, input_precision=PREC)
+    return S + tl.dot(tl.trans(v_c), k_h, input_precision=PREC)
+
+
+@triton.jit
+def _sub_backward(
+    S,
+    G,
     r,
     log_w,
     k,
@@ -339,38 +382,27 @@ def _bwd_chunk_kernel(
     a,
     b,
     dy,
-    ckpt,
-    dS,
     dr,
     dlog_w,
     dk,
     dv,
     da,
     db,
+    base,
+    t0,
     T,
+    o_j,
     H: tl.constexpr,
     K: tl.constexpr,
     BT: tl.constexpr,
-    BK: tl.constexpr,
     N_SQ: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """All input gradients of one chunk, from S at its start and dS at its end."""
-    i_bh = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1)
-    n_c = tl.num_programs(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    o_j = tl.arange(0, BK)
+    """Every input gradient of the BT steps from t0, given S at t0 and dS (G) after them; returns
+    dS at t0."""
     o_t = tl.arange(0, BT)
     strict = o_t[:, None] > o_t[None, :]
     incl = o_t[:, None] >= o_t[None, :]
-    m_s = (o_j[:, None] < K) & (o_j[None, :] < K)
-    p_s = (i_bh * n_c + c) * K * K + o_j[:, None] * K + o_j[None, :]
-    S = tl.load(ckpt + p_s, mask=m_s, other=0)
-    G = tl.load(dS + p_s, mask=m_s, other=0)
-    base = i_b * T * H * K + i_h * K
-    t0 = c * BT
     r_c = _load_tile(r, base, t0, T, o_j, H, K, BT)
     lw = _load_tile(log_w, base, t0, T, o_j, H, K, BT)
     k_c = _load_tile(k, base, t0, T, o_j, H, K, BT)
@@ -429,6 +461,83 @@ def _bwd_chunk_kernel(
     _store_tile(dv, base, t0, T, o_j, dv_c, H, K, BT)
     _store_tile(da, base, t0, T, o_j, da_c, H, K, BT)
     _store_tile(db, base, t0, T, o_j, db_c, H, K, BT)
+    # dS_0 = dY^T R0 + dZ^T A0 + G diag(e^{g_C}) (README.md); dead code when nothing uses it.
+    dS0 = tl.dot(tl.trans(dy_c), r_0, input_precision=PREC)
+    dS0 += tl.dot(tl.trans(dZ), a_0, input_precision=PREC)
+    return dS0 + G * gam[None, :]
+
+
+@triton.jit
+def _bwd_chunk_kernel(
+    r,
+    log_w,
+    k,
+    v,
+    a,
+    b,
+    dy,
+    ckpt,
+    dS,
+    dr,
+    dlog_w,
+    dk,
+    dv,
+    da,
+    db,
+    T,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BC: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    N_SQ: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """All input gradients of one chunk of BC steps, from S at its start and dS at its end, in
+    sub-chunks of BT steps from the last to the first: S at each sub-chunk's start is recomputed
+    from the chunk's, dS at its end is the previous sub-chunk's result."""
+    i_bh = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    n_c = tl.num_programs(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_j = tl.arange(0, BK)
+    m_s = (o_j[:, None] < K) & (o_j[None, :] < K)
+    p_s = (i_bh * n_c + c) * K * K + o_j[:, None] * K + o_j[None, :]
+    G = tl.load(dS + p_s, mask=m_s, other=0)
+    base = i_b * T * H * K + i_h * K
+    t0 = c * BC
+    for i in range(BC // BT):
+        sub = BC // BT - 1 - i
+        S = tl.load(ckpt + p_s, mask=m_s, other=0)
+        for q in range(sub):
+            S = _sub_forward(S, log_w, k, v, a, b, base, t0 + q * BT, T, o_j, H, K, BT, N_SQ, PREC)
+        G = _sub_backward(
+            S,
+            G,
+            r,
+            log_w,
+            k,
+            v,
+            a,
+            b,
+            dy,
+            dr,
+            dlog_w,
+            dk,
+            dv,
+            da,
+            db,
+            base,
+            t0 + sub * BT,
+            T,
+            o_j,
+            H,
+            K,
+            BT,
+            N_SQ,
+            PREC,
+        )
 
 
 def _sizes(size: int) -> tuple[int, int, int, int]:
@@ -518,6 +627,9 @@ class _Chunk(torch.autograd.Function):
         )
         if save:
             ctx.save_for_backward(r, log_w, k, v, a, b, ckpt, mats)
+            # The backward walks the chunks this forward saved, whatever CHUNK is by then.
+            ctx.chunk = CHUNK
+            ctx.sub_chunk = min(CHUNK_BWD, CHUNK)
             ctx.has_s0 = S0c is not None
             ctx.s0_dtype = s_dtype
         return y, S_T
@@ -526,8 +638,11 @@ class _Chunk(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor | None, dS_T: Tensor | None) -> tuple[Tensor | None, ...]:
         r, log_w, k, v, a, b, ckpt, mats = ctx.saved_tensors
         batch, steps, heads, size = r.shape
-        bk, bv, n_v, n_sq = _sizes(size)
-        n_c = triton.cdiv(steps, CHUNK)
+        bk, bv, n_v, _ = _sizes(size)
+        chunk, sub_chunk = ctx.chunk, ctx.sub_chunk
+        if chunk % sub_chunk:
+            raise ValueError(f"CHUNK_BWD={sub_chunk} must divide CHUNK={chunk}")
+        n_c = triton.cdiv(steps, chunk)
         dev = r.device
         dy = torch.zeros_like(r) if dy is None else dy.contiguous()
         dS_Tc = None if dS_T is None else dS_T.contiguous()
@@ -544,7 +659,7 @@ class _Chunk(torch.autograd.Function):
             steps,
             H=heads,
             K=size,
-            BT=CHUNK,
+            BT=chunk,
             BK=bk,
             BV=bv,
             PREC=_precision(r),
@@ -568,9 +683,10 @@ class _Chunk(torch.autograd.Function):
             steps,
             H=heads,
             K=size,
-            BT=CHUNK,
+            BC=chunk,
+            BT=sub_chunk,
             BK=bk,
-            N_SQ=n_sq,
+            N_SQ=sub_chunk.bit_length() - 2,
             PREC=_precision(r),
             num_warps=CHUNK_BWD_WARPS.get(_precision(r), 8),
         )

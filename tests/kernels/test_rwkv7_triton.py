@@ -124,12 +124,23 @@ def test_chunk(
     _compare(chunk.rwkv7_chunk, shape, use_s0, loss_terms, seed=sum(shape))
 
 
-@pytest.mark.parametrize("chunk_size", [16, 32])
-def test_chunk_row_blocks_and_chunk_sizes(chunk_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """K = 24 pads to 32 columns in two row blocks of 16; chunk 32 takes one more squaring."""
+@pytest.mark.parametrize(("chunk_size", "sub_chunk"), [(16, 16), (32, 32), (32, 16), (64, 16)])
+def test_chunk_row_blocks_and_chunk_sizes(
+    chunk_size: int, sub_chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K = 24 pads to 32 columns in two row blocks of 16; chunk 32 takes one more squaring; a
+    backward in sub-chunks of 16 walks two (four) of them per chunk, the last one partly past T."""
     monkeypatch.setattr(chunk, "CHUNK", chunk_size)
+    monkeypatch.setattr(chunk, "CHUNK_BWD", sub_chunk)
     monkeypatch.setattr(chunk, "ROWS", 16)
-    _compare(chunk.rwkv7_chunk, (1, 70, 1, 24), True, "yS", seed=chunk_size)
+    _compare(chunk.rwkv7_chunk, (1, 70, 1, 24), True, "yS", seed=chunk_size + sub_chunk)
+
+
+def test_chunk_sub_chunks_default_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 32 steps with a backward in 16-step halves, one row block, B=3, T=63."""
+    monkeypatch.setattr(chunk, "CHUNK", 32)
+    monkeypatch.setattr(chunk, "CHUNK_BWD", 16)
+    _compare(chunk.rwkv7_chunk, (3, 63, 2, 8), False, "yS", seed=5)
 
 
 @pytest.mark.parametrize(("batch", "heads", "size"), [(3, 2, 5), (1, 1, 16), (2, 1, 24)])
