@@ -59,6 +59,7 @@ log = logging.getLogger("statecast.serving")
 
 CLOSE_TIMEOUT_S = 5.0
 PRODUCER_RETRY_BACKOFF_MS = 20
+PASS_MIN_STATES = 100  # this many due states are written at once (see _pass_due)
 
 
 @dataclass(frozen=True)
@@ -269,9 +270,10 @@ class StreamProcessor:
             batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
             # A transaction begun while the broker still writes the last one's markers is answered
-            # CONCURRENT_TRANSACTIONS and retried after this backoff. The Java client retries that
-            # case after 20 ms; kafka-python 3.0.12 sleeps its general retry_backoff_ms (100 ms),
-            # which made transactions' p99 250 ms against a local broker (50 ms at 20).
+            # CONCURRENT_TRANSACTIONS and retried after this backoff; kafka-python 3.0.12 sleeps
+            # its general retry_backoff_ms (default 100 ms) there. python -m bench.transactions,
+            # local broker: a transaction's p99 224-284 ms at 100, 69-77 at 20, 45-49 at 5; but
+            # at 5 the stream's half-rate p99 was worse (the retries' CPU, on 2 cores).
             retry_backoff_ms=PRODUCER_RETRY_BACKOFF_MS,
         )
         self._producer.init_transactions()
@@ -587,10 +589,23 @@ class StreamProcessor:
         return float("inf") if self._checkpoint_failing else now - self.cfg.checkpoint_interval_s
 
     def _pass_due(self, now: float) -> bool:
-        """States are written by at most one transaction per twentieth of an interval: writing
-        some in every transaction added the changelog's round trips to each one, which cost more
-        than the writes at half load."""
-        return self._checkpoint_failing or now - self._last_pass >= self._pass_period
+        """A transaction writes states once a twentieth of an interval has passed since the last
+        one did, or at once when PASS_MIN_STATES are due. A few states are cheaper gathered: a
+        pass costs the transaction the changelog's produce and confirmation whatever its size
+        (with 1,000 series, some states in every transaction was slower at half load). Many
+        states are cheaper spread: with 100,000 series each event dirties another series, and
+        a twentieth of an interval's worth in one transaction is the latency spike."""
+        if self._checkpoint_failing or now - self._last_pass >= self._pass_period:
+            return True
+        before, due = self._due_before(now), 0
+        for store in self.stores.values():
+            for t, _ in store.dirty.values():  # oldest first: stop at the first one not due
+                if t > before:
+                    break
+                due += 1
+                if due >= PASS_MIN_STATES:
+                    return True
+        return False
 
     @property
     def _pass_period(self) -> float:

@@ -15,7 +15,7 @@ from kafka.structs import TopicPartition
 
 from serving.checkpoint import MARKER_KEY, Marker, decode_series
 from serving.hot_swap import rewarm
-from serving.processor import ProcessorConfig, StreamProcessor
+from serving.processor import PASS_MIN_STATES, ProcessorConfig, StreamProcessor
 from tests.serving.conftest import CHANNELS, HOUR, T0, small_stream_model
 
 TP = TopicPartition("obs", 0)
@@ -168,6 +168,25 @@ def test_checkpoint_spreads_states_that_fall_due_together() -> None:
     proc._checkpoint_failing = True
     proc._checkpoint(log)
     assert not store.dirty and Marker.from_bytes(log.records[-1][1]).offset == 100  # type: ignore[arg-type]
+
+
+def test_many_due_states_are_written_without_waiting_for_the_pass_period() -> None:
+    """A pass waits a twentieth of an interval after the last one unless PASS_MIN_STATES are
+    due: then this transaction writes its budget of them, oldest first."""
+    n = PASS_MIN_STATES
+    proc = processor(checkpoint_interval_s=10.0)
+    proc.process({TP: [record(i, f"s{i}", 0) for i in range(n)]}, send=None)
+    store = proc.stores[TP]
+    log = Changelog()
+    proc._last_pass = time.monotonic()  # a pass just ran
+    for series, (_, off) in list(store.dirty.items())[: n - 1]:
+        store.dirty[series] = (float("-inf"), off)
+    assert not proc._checkpoint_due() and not proc._checkpoint(log) and not log.records
+    last = next(reversed(store.dirty))
+    store.dirty[last] = (float("-inf"), store.dirty[last][1])
+    assert proc._checkpoint_due() and proc._checkpoint(log) == {TP}
+    states = [k for k, _ in log.records if k != MARKER_KEY]
+    assert states == [f"s{i}".encode() for i in range(len(states))] and 8 <= len(states) < n
 
 
 def test_swap_keeps_compatible_states_and_rewarms_the_rest() -> None:
