@@ -340,6 +340,7 @@ class StreamProcessor:
         if not polled and not self._checkpoint_due():
             return 0
         producer = self._producer
+        txn = producer._transaction_manager  # its calls are awaited with a deadline (_await)
         # Cheap (the producer keeps the metadata); a topic given more partitions is picked up.
         # A KafkaError here is the worker's reconnect case: no transaction is open yet.
         self._out_partitions = len(producer.partitions_for(self.cfg.out_topic))
@@ -360,7 +361,6 @@ class StreamProcessor:
             }
             # The offsets' two round trips run while the sender thread delivers the batches, so
             # the checkpoint's confirmation below mostly finds them delivered already.
-            txn = producer._transaction_manager
             if offsets:
                 group = self._consumer.group_metadata()
                 self._await(producer, txn.send_offsets_to_transaction(offsets, group), "offsets")
@@ -380,7 +380,7 @@ class StreamProcessor:
             self._back_off()
             self.metrics.transaction_failures += 1
             try:
-                self._await(producer, producer._transaction_manager.begin_abort(), "abort")
+                self._await(producer, txn.begin_abort(), "abort")
             except KafkaError:
                 log.exception("abort failed; reopening the Kafka clients")
                 self.close()
