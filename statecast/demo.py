@@ -120,11 +120,16 @@ class _Services:
     def __init__(self, home: Path):
         self.home = home
         self.kafka_env: dict[str, str] | None = None
+        self.kafka_start: subprocess.Popen[bytes] | None = None
+        self.kafka_log = home / "kafka-start.log"
         self.ui: subprocess.Popen[bytes] | None = None
         self.ray = False
         self.serve = False
 
     def start_kafka(self, port: int) -> str:
+        """Begin the broker's start-up and return its address at once; wait_kafka() waits for it.
+        The demo's other start-up work (MLflow UI, Ray, training) does not need the broker, so
+        it runs meanwhile instead of after it."""
         _check_java()
         env = {
             **os.environ,
@@ -137,12 +142,28 @@ class _Services:
         shutil.rmtree(env["KAFKA_DIR"], ignore_errors=True)
         _say(f"starting Kafka on 127.0.0.1:{port} (deploy/kafka/kafka.sh, in {env['KAFKA_DIR']})")
         self.kafka_env = env
-        proc = subprocess.run([str(KAFKA_SH), "start"], env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"Kafka did not start:\n{proc.stdout}{proc.stderr}")
+        # Its own session: a Ctrl-C in the terminal must not cut the script off between starting
+        # the broker and writing its pid file (close() waits for the script, then stops it).
+        with self.kafka_log.open("w") as log:
+            self.kafka_start = subprocess.Popen(
+                [str(KAFKA_SH), "start"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return f"127.0.0.1:{port}"
 
+    def wait_kafka(self) -> None:
+        """Wait for the start-up that start_kafka() began (the script has its own deadline)."""
+        if self.kafka_start is None:
+            return
+        if self.kafka_start.wait() != 0:
+            raise RuntimeError(f"Kafka did not start:\n{self.kafka_log.read_text()}")
+        _say("Kafka is up")
+
     def start_ui(self, port: int) -> str:
+        """Start the MLflow UI server and return its address at once; wait_ui() waits for it."""
         uri = settings.tracking_uri()
         cmd = [
             sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
@@ -155,9 +176,12 @@ class _Services:
         self.ui = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        url = f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{port}"
+
+    def wait_ui(self, url: str) -> None:
+        # Training waits for this too: the server creates a new sqlite store's tables, and two
+        # processes creating them at once can collide.
         _wait_http(url + "/health", 120, "the MLflow UI server")
-        return url
 
     def close(self) -> None:
         if self.serve:
@@ -178,6 +202,9 @@ class _Services:
             except subprocess.TimeoutExpired:
                 os.killpg(self.ui.pid, signal.SIGKILL)
                 self.ui.wait(10)
+        if self.kafka_start is not None and self.kafka_start.poll() is None:
+            _say("waiting for Kafka's start-up to finish, to stop it")
+            self.kafka_start.wait()
         if self.kafka_env is not None:
             subprocess.run([str(KAFKA_SH), "stop"], env=self.kafka_env, capture_output=True)
 
@@ -428,13 +455,15 @@ def run_demo(cfg: DemoConfig) -> int:
             )
         else:
             bootstrap = services.start_kafka(cfg.kafka_port)
-        # The processor consumes an existing topic (it never guesses a partition count).
-        _create_topic(bootstrap, cfg.in_topic, partitions=2)
         ui = services.start_ui(cfg.ui_port)
+        services.wait_ui(ui)
         _say(f"MLflow UI at {ui} (store {settings.tracking_uri()})")
         services.ray = True
         _start_ray()
         _train(cfg)
+        services.wait_kafka()
+        # The processor consumes an existing topic (it never guesses a partition count).
+        _create_topic(bootstrap, cfg.in_topic, partitions=2)
         # Ray installs its own handlers and Ray Train's fit() leaves its SIGINT handler behind
         # (it aborts a training run that is over, and swallows Ctrl-C): put the demo's back.
         signal.signal(signal.SIGTERM, on_term)
