@@ -20,7 +20,10 @@ rows, sentinels in, as the published figures are), the columns beside the publis
 
 --scores window scores the test windows only (no full-history pass: the weather H=720 passes are
 long). --ridge-linear trains nothing: it fits the linear path alone (RLinear) in closed form on
-the CPU, the ridge strength chosen by validation MSE, and scores it under the same protocol.
+the CPU, the ridge strength chosen by validation MSE, and scores it under the same protocol
+(--ridge-dir DIR keeps the fits). --linear-init ridge starts a trained model's linear path at that
+fit (read from --ridge-dir, else fitted in the process) so the backbone learns the residual; with
+--linear-lr 1e-9 the linear path stays where it started.
 
 (Run it as a module: as a script, bench/kernels.py would shadow the `kernels` package.)
 """
@@ -146,6 +149,30 @@ def score(
     }
 
 
+def init_linear_ridge(
+    model: Forecaster, data: SeriesData, cfg: TrainConfig, ridge_dir: str | None
+) -> float:
+    """Set the model's linear path to the closed-form fit (`ridge_fit`): read from ridge_dir when
+    a fit of this dataset, H and L is there, else fitted here. -> the fit's ridge strength.
+    With a zero head the model then forecasts exactly what the fitted linear map does."""
+    linear = model.linear
+    if linear is None or cfg.linear_norm != "window" or linear.length != cfg.lookback:
+        raise ValueError("--linear-init ridge needs the linear path at the lookback, window norm")
+    saved = ridge_file(Path(ridge_dir), data.name, cfg.lookback, cfg.horizon) if ridge_dir else None
+    if saved is not None and saved.exists():
+        tensors = load_file(str(saved))
+        beta, lam = tensors["beta"].numpy(), float(tensors["ridge"])
+        print(f"  linear path from {saved} (ridge {lam:g})", flush=True)
+    else:
+        beta, lam, _ = ridge_fit(data, cfg.lookback, cfg.horizon)
+        print(f"  linear path fitted here (ridge {lam:g}; no saved fit)", flush=True)
+    weight = linear.proj.weight
+    with torch.no_grad():
+        weight.copy_(torch.from_numpy(beta[:-1].T).to(weight))
+        linear.proj.bias.copy_(torch.from_numpy(beta[-1]).to(weight))
+    return lam
+
+
 def run_one(
     path: Path,
     cfg: TrainConfig,
@@ -153,16 +180,27 @@ def run_one(
     label: str = "",
     save_dir: str | None = None,
     scores: str = "all",
+    linear_init: str = "zero",
+    ridge_dir: str | None = None,
 ) -> dict[str, object]:
+    """Train one configuration, keep its best validation epoch, score it. linear_init "ridge":
+    the linear path starts at the closed-form fit and the backbone learns the residual; the start
+    itself is validated too (epoch -1), so the backbone is kept only where it improves on it."""
     torch.manual_seed(cfg.seed)
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
     model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
     model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))
     model.to(device)
+    best, best_state, bad, epochs, best_epoch = math.inf, None, 0, 0, -1
+    tag = f"{label} {data.name} H={cfg.horizon} L={cfg.lookback}"
+    if linear_init == "ridge":
+        init_linear_ridge(model, data, cfg, ridge_dir)
+        best = validate(model, data.values, data.covariates, splits.val, cfg, device)
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        print(f"  {tag} start (linear path fitted): val {best:.4f}", flush=True)
     opt = make_optimizer(model, cfg)
     windows = training_windows(data.n_series, splits.train, cfg)
-    best, best_state, bad, epochs = math.inf, None, 0, 0
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         loss = train_epoch(
@@ -170,10 +208,9 @@ def run_one(
         )
         val = validate(model, data.values, data.covariates, splits.val, cfg, device)
         epochs = epoch + 1
-        tag = f"{label} {data.name} H={cfg.horizon} L={cfg.lookback}"
         print(f"  {tag} epoch {epoch}: loss {loss:.4f} val {val:.4f}", flush=True)
         if val < best:
-            best, bad = val, 0
+            best, bad, best_epoch = val, 0, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
@@ -188,11 +225,18 @@ def run_one(
         folder = Path(save_dir)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.cpu().contiguous() for k, v in best_state.items()}, folder / f"{name}.st")
-        meta = {"label": label, "val_mse": best, "config": dataclasses.asdict(cfg)}
+        meta = {
+            "label": label,
+            "val_mse": best,
+            "config": dataclasses.asdict(cfg),
+            "linear_init": linear_init,
+        }
         (folder / f"{name}.json").write_text(json.dumps(meta))
     row = score(model, data, path, cfg, best, scores)
     row.update(
         variant=label,
+        linear_init=linear_init,
+        best_epoch=best_epoch,
         epochs=epochs,
         train_seconds=round(train_s, 1),
         device=torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
@@ -243,20 +287,14 @@ def _ridge_scores(
     return [e.result() for e in sums]
 
 
-def ridge_linear(path: Path, lookback: int, horizon: int) -> dict[str, Any]:
+def ridge_fit(data: SeriesData, lookback: int, horizon: int) -> tuple[np.ndarray, float, float]:
     """The linear path alone with `--linear-norm window` (RLinear) in closed form: W [H, L] and
     b [H], shared by the channels, minimise the training MSE in the model's scaled units over every
     fully observed training window (a window's error is its std over the channel's scale times
     the normalised one: weighted least squares), the ridge strength chosen by validation MSE.
-    No backbone and no SGD: what the linear path can reach on its own, in seconds on a CPU."""
-    start = time.perf_counter()
-    data = read_dataset(path, DataConfig())
+    -> (beta [L + 1, H]: W transposed with b as its last row, the ridge strength, val MSE)."""
     splits = protocol_splits(data.name, data.n_steps)
-    train = data.values[:, splits.train[0] : splits.train[1]].astype(np.float64)
-    # The model's scaler (fit_scaler): population std of the observed train rows.
-    scale = np.nanstd(train.reshape(-1, train.shape[-1]), axis=0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    floor = VAR_FLOOR * scale**2
+    scale, floor = _model_scale(data, splits.train)
     gram, cross = np.zeros((lookback + 1, lookback + 1)), np.zeros((lookback + 1, horizon))
     starts = window_starts(splits.train, lookback, horizon)
     for series in range(data.n_series):
@@ -279,6 +317,37 @@ def ridge_linear(path: Path, lookback: int, horizon: int) -> dict[str, Any]:
             best = (val.mse, lam, beta)
     assert best is not None
     val_mse, lam, beta = best
+    return beta, lam, val_mse
+
+
+def _model_scale(data: SeriesData, train: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's scaler (fit_scaler: population std of the observed train rows) [C] and the
+    linear path's variance floor in data units [C]."""
+    rows = data.values[:, train[0] : train[1]].astype(np.float64)
+    scale = np.nanstd(rows.reshape(-1, rows.shape[-1]), axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return scale, VAR_FLOOR * scale**2
+
+
+def ridge_file(folder: Path, name: str, lookback: int, horizon: int) -> Path:
+    return folder / f"ridge_{name}_H{horizon}_L{lookback}.st"
+
+
+def ridge_linear(
+    path: Path, lookback: int, horizon: int, save_dir: str | None = None
+) -> dict[str, Any]:
+    """`ridge_fit` scored under the protocol: what the linear path can reach on its own, with no
+    backbone and no SGD, in seconds on a CPU. With save_dir the fit is kept there for
+    `--linear-init ridge --ridge-dir` (a safetensors file per dataset, H and L)."""
+    start = time.perf_counter()
+    data = read_dataset(path, DataConfig())
+    splits = protocol_splits(data.name, data.n_steps)
+    beta, lam, val_mse = ridge_fit(data, lookback, horizon)
+    if save_dir:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        tensors = {"beta": torch.from_numpy(beta), "ridge": torch.tensor(lam, dtype=torch.float64)}
+        save_file(tensors, ridge_file(Path(save_dir), data.name, lookback, horizon))
+    scale, floor = _model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
     test, test_p = _ridge_scores(data, splits.test, beta, floor, [scale, proto])
     published = PUBLISHED.get((data.name, horizon), (math.nan, math.nan))
@@ -337,7 +406,10 @@ def ensembles(folder: Path, device: str, scores: str = "all") -> list[dict[str, 
     groups: dict[str, list[tuple[dict[str, Any], Path]]] = {}
     for meta_path in sorted(folder.glob("*.json")):
         meta = json.loads(meta_path.read_text())
-        key = json.dumps({k: v for k, v in meta["config"].items() if k != "seed"}, sort_keys=True)
+        config = {k: v for k, v in meta["config"].items() if k != "seed"}
+        # Members share how their linear path started, too (older saves: "zero").
+        config["linear_init"] = meta.get("linear_init", "zero")
+        key = json.dumps(config, sort_keys=True)
         groups.setdefault(key, []).append((meta, meta_path.with_suffix(".st")))
     rows = []
     for members in groups.values():
@@ -399,6 +471,13 @@ def method_parser() -> argparse.ArgumentParser:
     p.add_argument("--point-loss", default="pinball", choices=["pinball", "mse"])
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--linear-init",
+        default="zero",
+        choices=["zero", "ridge"],
+        help="ridge: the linear path starts at its closed-form fit (needs --linear-norm window; "
+        "with --zero-head the start forecasts what the fit does), the start validated too",
+    )
     return p
 
 
@@ -433,9 +512,12 @@ def train_config(args: argparse.Namespace, data: str, lookback: int, horizon: in
     )
 
 
-def _job(item: tuple[str, TrainConfig, str, str | None, str | None, str]) -> dict[str, Any]:
-    label, cfg, device, out, save_dir, scores = item
-    row = run_one(Path(cfg.data), cfg, device, label, save_dir, scores)
+Job = tuple[str, TrainConfig, str, str | None, str | None, str, str, str | None]
+
+
+def _job(item: Job) -> dict[str, Any]:
+    label, cfg, device, out, save_dir, scores, linear_init, ridge_dir = item
+    row = run_one(Path(cfg.data), cfg, device, label, save_dir, scores, linear_init, ridge_dir)
     if out:
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -475,6 +557,12 @@ def main() -> None:
         help="the linear path alone in closed form (RLinear, ridge by val) on the CPU; no training",
     )
     p.add_argument(
+        "--ridge-dir",
+        default=None,
+        metavar="DIR",
+        help="--ridge-linear keeps its fits here; --linear-init ridge reads them from here",
+    )
+    p.add_argument(
         "--scores",
         default="all",
         choices=["all", "window"],
@@ -490,7 +578,7 @@ def main() -> None:
         return
     if args.ridge_linear:
         rows = [
-            ridge_linear(Path(args.data_dir) / f"{name}.csv", lookback, horizon)
+            ridge_linear(Path(args.data_dir) / f"{name}.csv", lookback, horizon, args.ridge_dir)
             for name, horizon, lookback in itertools.product(
                 args.datasets, args.horizons, args.lookbacks
             )
@@ -508,7 +596,7 @@ def main() -> None:
             # Defaults come from the command's namespace: a variant changes only what it names.
             ns = method_parser().parse_args(shlex.split(opts), namespace=copy.copy(args))
             variants.append((name, ns))
-    items = [
+    items: list[Job] = [
         (
             label,
             train_config(v, str(Path(args.data_dir) / f"{name}.csv"), lookback, horizon),
@@ -516,6 +604,8 @@ def main() -> None:
             args.out,
             args.save_dir,
             args.scores,
+            v.linear_init,
+            args.ridge_dir,
         )
         for name, horizon, lookback, (label, v) in itertools.product(
             args.datasets, args.horizons, args.lookbacks, variants
