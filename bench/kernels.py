@@ -4,6 +4,7 @@ a float64 reference), then timings (CUDA events, median, inputs rotated), one ta
     python -m bench.kernels            # everything (eager and torch.compile baselines included)
     python -m bench.kernels --quick    # main shape only, no eager/compile baselines
     python -m bench.kernels --no-baselines   # every T for our kernels and fla
+    python -m bench.kernels --no-baselines --no-variants   # and no tile-variant rows
 
 Sections: bench/selective_scan.py (diagonal selective scan, fla chunk_hgrn as the outside
 reference) and bench/rwkv7.py (RWKV-7, fla chunk_rwkv7 / fused_recurrent_rwkv7). Record the table
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 from typing import Any
 
 import torch
@@ -32,6 +34,11 @@ def main() -> None:
     parser.add_argument(
         "--no-baselines", action="store_true", help="every T, but no eager/torch.compile rows"
     )
+    parser.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="no rows for other tile configurations of the diagonal scan (chosen earlier)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench/kernels.py needs a CUDA GPU")
@@ -40,7 +47,16 @@ def main() -> None:
     if "selective_scan" in ops:
         from bench import selective_scan
 
-        rows += list(selective_scan.iter_rows(quick=args.quick, baselines=not args.no_baselines))
+        for row in selective_scan.iter_rows(
+            quick=args.quick, baselines=not args.no_baselines, variants=not args.no_variants
+        ):
+            rows.append(row)
+            # As measured, so a run cut short still shows what it did.
+            print(
+                "  ".join(f"{c}={fmt(row.get(c))}" for c in COLUMNS if c in row),
+                file=sys.stderr,
+                flush=True,
+            )
     if "rwkv7" in ops:
         from bench import rwkv7
 

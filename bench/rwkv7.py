@@ -89,15 +89,24 @@ def _grads(fn: Scan, xs: list[Tensor], dy: Tensor, dS: Tensor) -> list[Tensor]:
     return [y.detach(), S.detach(), *gs]
 
 
+_REFERENCE: dict[torch.dtype, list[Tensor]] = {}
+
+
 def _check(impls: dict[str, Scan], dtype: torch.dtype) -> dict[str, list[float]]:
     """Relative errors against float64 for each impl: [y, S_T, dr, dlog_w, dk, dv, da, db]."""
     xs = _inputs(BATCH, MAIN_T, dtype, seed=1)
     g = torch.Generator(device=DEVICE).manual_seed(2)
     dy = torch.randn(xs[0].shape, generator=g, device=DEVICE).to(dtype)
     dS = torch.randn(BATCH, HEADS, SIZE, SIZE, generator=g, device=DEVICE)
-    ref = _grads(
-        rwkv7_scan, [x[:CHECKED].double() for x in xs], dy[:CHECKED].double(), dS[:CHECKED].double()
-    )
+    # The float64 loop takes seconds; the same inputs give the same reference for every variant.
+    if dtype not in _REFERENCE:
+        _REFERENCE[dtype] = _grads(
+            rwkv7_scan,
+            [x[:CHECKED].double() for x in xs],
+            dy[:CHECKED].double(),
+            dS[:CHECKED].double(),
+        )
+    ref = _REFERENCE[dtype]
     errs = {}
     for name, fn in impls.items():
         got = _grads(fn, xs, dy, dS)
@@ -325,7 +334,8 @@ def rows(
 # Chunks of 32 or 64 steps halve or quarter the chunks the two sequential passes walk; the
 # per-chunk backward keeps 16-step sub-chunks (CHUNK_BWD) or takes whole 32-step chunks. Warps
 # and pipelining stages are those that keep each kernel's local memory (spills) and shared memory
-# lowest in the compile report (--resources). The last row is the shipped setting.
+# lowest in the compile report (--resources). The last row is the shipped setting; it was the
+# fastest on the H200 (docs/BENCHMARKS.md, 2026-11-29 session 7).
 VARIANTS: list[dict[str, Any]] = [
     {"CHUNK": 32, "CHUNK_BWD": 16, "PREP_WARPS": 4, "STATE_WARPS": 8},
     {
@@ -385,22 +395,37 @@ def _kernel_ms(steps: int) -> dict[str, float]:
 def _tune() -> list[str]:
     """Forward and forward+backward of the chunked kernels at the main shape for each of
     VARIANTS, the time of each kernel (profiler), and a check against float64 (bfloat16 inputs),
-    since chunk sizes and warps change the generated code."""
+    since chunk sizes and warps change the generated code. Every variant is timed twice, in two
+    rounds over all of them, so the spread between rounds sits beside the differences."""
     lines = []
+    first: list[tuple[float, float]] = []
+
+    def times() -> tuple[float, float]:
+        fwd = _time_scan(rwkv7_chunk, MAIN_T, torch.bfloat16, False, 20)
+        both = _time_scan(rwkv7_chunk, MAIN_T, torch.bfloat16, True, 20)
+        return fwd, both
+
     for settings in VARIANTS:
 
-        def measure() -> tuple[float, float, dict[str, float], float]:
-            fwd = _time_scan(rwkv7_chunk, MAIN_T, torch.bfloat16, False, 10)
-            both = _time_scan(rwkv7_chunk, MAIN_T, torch.bfloat16, True, 10)
+        def measure() -> tuple[float, float, dict[str, float], list[float]]:
+            fwd, both = times()
             kernels = _kernel_ms(MAIN_T)
-            worst = max(_check({"chunk": rwkv7_chunk}, torch.bfloat16)["chunk"])
-            return fwd, both, kernels, worst
+            errs = _check({"chunk": rwkv7_chunk}, torch.bfloat16)["chunk"]
+            return fwd, both, kernels, errs
 
-        fwd, both, kernels, worst = _with_settings(settings, measure)
+        fwd, both, kernels, errs = _with_settings(settings, measure)
+        first.append((fwd, both))
         split = ", ".join(f"{name} {ms:.3f}" for name, ms in kernels.items())
         lines.append(
             f"chunk {_label(settings)}: fwd {fwd:.3f} ms, fwd+bwd {both:.3f} ms at T={MAIN_T} "
-            f"(kernels, ms: {split}), worst rel err {worst:.2e}"
+            f"(kernels, ms: {split}), worst rel err {max(errs):.2e} (y {errs[0]:.1e})"
+        )
+        print(lines[-1], file=sys.stderr, flush=True)
+    for settings, (fwd, both) in zip(VARIANTS, first, strict=True):
+        fwd2, both2 = _with_settings(settings, times)
+        lines.append(
+            f"chunk {_label(settings)}: fwd {fwd:.3f} / {fwd2:.3f} ms, "
+            f"fwd+bwd {both:.3f} / {both2:.3f} ms (rounds 1 / 2)"
         )
         print(lines[-1], file=sys.stderr, flush=True)
     return lines

@@ -417,8 +417,9 @@ def _scan_rows(
             yield _row(impl, steps, pas, ms, nbytes, copy, err, extra.lstrip("; "))
 
 
-def iter_rows(quick: bool = False, baselines: bool = True) -> Iterator[Row]:
-    """The rows of `rows`, as they are measured (most important first)."""
+def iter_rows(quick: bool = False, baselines: bool = True, variants: bool = True) -> Iterator[Row]:
+    """The rows of `rows`, as they are measured (most important first); `variants`: the rows of
+    other tile configurations at the main shape."""
     torch.manual_seed(0)
     copy = copy_bandwidth_gbps()
     yield {"op": "copy", "impl": "torch copy_", "GB/s": copy, "note": "read + write"}
@@ -429,7 +430,8 @@ def iter_rows(quick: bool = False, baselines: bool = True) -> Iterator[Row]:
     yield from _step_rows(copy)
     if quick:
         return
-    yield from _variant_rows(copy)
+    if variants:
+        yield from _variant_rows(copy)
     if baselines:
         yield from _scan_rows(MAIN_T, copy, True, main_err)
     for steps in ALL_T:
