@@ -57,6 +57,8 @@ CHUNK = 16
 # Steps per sub-chunk of the per-chunk backward kernel (divides CHUNK): with CHUNK = 32 and 16 here
 # the sequential passes walk half as many chunks while the backward keeps 16-step tiles, walking
 # each chunk's two halves from the last (S at the second half's start recomputed from the chunk's).
+# Slower on an H200 (2026-11-29, B=64, T=4096, H=4, K=64, bf16): forward+backward 10.9 ms at 32/16
+# against 8.14 at 16/16, forward 2.73 against 1.96 (docs/BENCHMARKS.md, session 7).
 CHUNK_BWD = 16
 # Rows of S per program in the two sequential passes (at least 16, the smallest dot tile). Every
 # row block repeats the chunk's S-independent work (A_*, P), which dominates: measured on an H200
