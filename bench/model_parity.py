@@ -10,7 +10,11 @@ series, `--train-steps` Adam steps of the training loss (pipelines/fit.py's fore
 through the kernels and on the CPU through the reference; the second table compares the loss at
 every step and the trained weights.
 
-    python -m bench.model_parity [--train-steps 200]
+Last, a whole model `step` for S series is captured in one CUDA graph and replayed: the third
+table compares the replayed forecast and state with the eager step's and times both (median of
+200, CUDA events).
+
+    python -m bench.model_parity [--train-steps 200] [--graph-series 1 1024 16384]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -135,10 +140,67 @@ def train_parity(steps: int) -> None:
         )
 
 
+def _median_us(fn: Callable[[], object], runs: int = 200) -> float:
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return sorted(times)[runs // 2]
+
+
+def graph_step(series: list[int]) -> None:
+    """One model step for S series captured whole in a CUDA graph against the eager step."""
+    cols = ["kind", "series", "forecast rel err", "state rel err", "eager us", "graph us"]
+    print("\n| " + " | ".join(cols) + " |")
+    print("|---|---|---|---|---|---|")
+    for kind in KINDS:
+        torch.manual_seed(0)
+        cfg = ModelConfig(kind=kind, n_channels=7, horizon=24, d_model=64, n_layers=2, head_size=16)
+        model = build_model(cfg).cuda().eval()
+        for s in series:
+            x = torch.randn(s, 7, device="cuda")
+            x[torch.rand(x.shape, device="cuda") < 0.05] = float("nan")
+            with torch.no_grad():
+                state = model.init_state(s)
+                for _ in range(8):  # a state that is not the initial one
+                    _, state = model.step(torch.randn(s, 7, device="cuda"), state)
+                y_ref, s_ref = model.step(x, state)
+                x_in, st_in = x.clone(), state.map(torch.clone)
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up off the capture stream, as torch asks
+                    for _ in range(3):
+                        model.step(x_in, st_in)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    y_out, s_out = model.step(x_in, st_in)
+                graph.replay()
+                torch.cuda.synchronize()
+                flat = [t for _, t in s_ref.named_tensors()]
+                got = [t for _, t in s_out.named_tensors()]
+                state_err = max(rel_err(a, b) for a, b in zip(flat, got, strict=True))
+                eager = _median_us(lambda: model.step(x, state))  # noqa: B023
+                replay = _median_us(graph.replay)
+            print(
+                f"| {kind} | {s} | {rel_err(y_ref, y_out):.2e} | {state_err:.2e} | "
+                f"{eager:.0f} | {replay:.0f} |"
+            )
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-steps", type=int, default=200, help="0 skips the training run")
+    ap.add_argument("--graph-series", type=int, nargs="*", default=[1, 1024, 16384])
     a = ap.parse_args()
     main()
     if a.train_steps:
         train_parity(a.train_steps)
+    if a.graph_series:
+        graph_step(a.graph_series)

@@ -87,9 +87,22 @@ class QuantileHead(nn.Module):
         center = raw[..., m : m + 1]
         if offset is not None:
             center = center + offset[..., None]
-        above = center + torch.cumsum(F.softplus(raw[..., m + 1 :]), dim=-1)
-        below = center - torch.cumsum(F.softplus(raw[..., :m].flip(-1)), dim=-1).flip(-1)
+        above = center + _running_sum(F.softplus(raw[..., m + 1 :]))
+        below = center - _running_sum(F.softplus(raw[..., :m].flip(-1))).flip(-1)
         return torch.cat([below, center, above], dim=-1)
+
+
+def _running_sum(x: Tensor) -> Tensor:
+    """torch.cumsum over the last dim, which holds a few quantiles, as that many adds: the same
+    values for up to 2 (the CPU's cumsum accumulates in float64, so 1 ulp apart beyond). On CUDA,
+    PyTorch's scan over a last dim of 1-3 and millions of rows took 97% of a model step for 16,384
+    series (H200: 15.9 ms a call; docs/BENCHMARKS.md, session 7)."""
+    if x.shape[-1] == 0:
+        return x
+    sums = [x[..., 0]]
+    for i in range(1, x.shape[-1]):
+        sums.append(sums[-1] + x[..., i])
+    return torch.stack(sums, dim=-1)
 
 
 class FeedForward(nn.Module):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from forecast import KINDS, ModelConfig, ModelState, StateFormatError, build_model
+from forecast.layers import _running_sum
 from forecast.model import Forecaster
 from tests.helpers import assert_close
 
@@ -208,6 +209,15 @@ def test_quantiles_never_cross(kind: str) -> None:
     assert y.shape[-1] == 5
     assert (y.diff(dim=-1) >= 0).all()
     assert torch.equal(model.point(y), y[..., 2])
+
+
+@pytest.mark.parametrize("width", [0, 1, 2, 4])
+def test_quantile_offsets_sum_as_cumsum(width: int) -> None:
+    # The head's running sum replaces torch.cumsum (slow on CUDA for a last dim of a few).
+    x = torch.rand(5, 24, 7, width, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(_running_sum(x), torch.cumsum(x, dim=-1), rtol=1e-15, atol=0.0)
+    if width:
+        assert torch.autograd.gradcheck(_running_sum, (x[:1, :2, :2].detach().requires_grad_(),))
 
 
 @pytest.mark.parametrize("kind", KINDS)
