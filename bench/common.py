@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["copy_bandwidth_gbps", "fmt", "rel_err", "time_ms"]
+__all__ = ["copy_bandwidth_gbps", "fmt", "progress", "rel_err", "time_ms"]
 
 
 def time_ms(
@@ -62,3 +63,8 @@ def fmt(x: object) -> str:
             return "nan"
         return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
     return str(x)
+
+
+def progress(row: dict[str, Any]) -> None:
+    """One line per finished measurement on stderr, so a run cut short still shows what it did."""
+    print("  ".join(f"{k}={fmt(v)}" for k, v in row.items()), file=sys.stderr, flush=True)

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 from typing import Any
 
 import torch
 
-from bench.common import fmt
+from bench.common import fmt, progress
 
 __all__ = ["main"]
 
@@ -51,12 +50,7 @@ def main() -> None:
             quick=args.quick, baselines=not args.no_baselines, variants=not args.no_variants
         ):
             rows.append(row)
-            # As measured, so a run cut short still shows what it did.
-            print(
-                "  ".join(f"{c}={fmt(row.get(c))}" for c in COLUMNS if c in row),
-                file=sys.stderr,
-                flush=True,
-            )
+            progress(row)
     if "rwkv7" in ops:
         from bench import rwkv7
 

@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-from collections.abc import Callable
 
 import torch
 
-from bench.common import rel_err
+from bench.common import rel_err, time_ms
 from forecast import KINDS, ModelConfig, build_model
 from forecast.model import Forecaster
 from kernels.dispatch import choose
@@ -45,14 +44,23 @@ def _loss(
     return y.detach(), flat.detach(), grads
 
 
+def _model(kind: str) -> Forecaster:
+    """The model every table uses: float32, 7 channels, horizon 24, d_model 64, 2 layers."""
+    cfg = ModelConfig(kind=kind, n_channels=7, horizon=24, d_model=64, n_layers=2, head_size=16)
+    return build_model(cfg)
+
+
+def _header(cols: list[str]) -> None:
+    print("\n| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+
+
 def main() -> None:
     torch.manual_seed(0)
-    cols = ["kind", "backend (cuda)", "T", "y rel err", "state rel err", "worst grad rel err"]
-    print("| " + " | ".join([*cols, "step vs forward"]) + " |")
-    print("|---|---|---|---|---|---|---|")
+    _header(["kind", "backend (cuda)", "T", "y rel err", "state rel err", "worst grad rel err",
+             "step vs forward"])  # fmt: skip
     for kind in KINDS:
-        cfg = ModelConfig(kind=kind, n_channels=7, horizon=24, d_model=64, n_layers=2, head_size=16)
-        cpu = build_model(cfg)
+        cpu = _model(kind)
         with torch.no_grad():
             for p in cpu.parameters():
                 p.add_(torch.randn_like(p) * 0.02)
@@ -120,14 +128,12 @@ def _train(
 
 def train_parity(steps: int) -> None:
     """Train the same model on CUDA (kernels) and on the CPU (reference) and compare."""
-    cols = ["kind", "Adam steps", "first loss", "last loss (cpu)", "last loss (cuda)"]
-    print("\n| " + " | ".join([*cols, "worst loss rel diff", "weights rel err"]) + " |")
-    print("|---|---|---|---|---|---|---|")
+    _header(["kind", "Adam steps", "first loss", "last loss (cpu)", "last loss (cuda)",
+             "worst loss rel diff", "weights rel err"])  # fmt: skip
     batches = _batches(steps, batch=16, lookback=96, horizon=24)
     for kind in KINDS:
         torch.manual_seed(0)
-        cfg = ModelConfig(kind=kind, n_channels=7, horizon=24, d_model=64, n_layers=2, head_size=16)
-        cpu = build_model(cfg)
+        cpu = _model(kind)
         gpu = copy.deepcopy(cpu)
         l_c = _train(cpu, batches, "cpu")
         l_g = _train(gpu, batches, "cuda")
@@ -140,29 +146,12 @@ def train_parity(steps: int) -> None:
         )
 
 
-def _median_us(fn: Callable[[], object], runs: int = 200) -> float:
-    for _ in range(10):
-        fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return sorted(times)[runs // 2]
-
-
 def graph_step(series: list[int]) -> None:
     """One model step for S series captured whole in a CUDA graph against the eager step."""
-    cols = ["kind", "series", "forecast rel err", "state rel err", "eager us", "graph us"]
-    print("\n| " + " | ".join(cols) + " |")
-    print("|---|---|---|---|---|---|")
+    _header(["kind", "series", "forecast rel err", "state rel err", "eager us", "graph us"])
     for kind in KINDS:
         torch.manual_seed(0)
-        cfg = ModelConfig(kind=kind, n_channels=7, horizon=24, d_model=64, n_layers=2, head_size=16)
-        model = build_model(cfg).cuda().eval()
+        model = _model(kind).cuda().eval()
         for s in series:
             x = torch.randn(s, 7, device="cuda")
             x[torch.rand(x.shape, device="cuda") < 0.05] = float("nan")
@@ -186,11 +175,11 @@ def graph_step(series: list[int]) -> None:
                 flat = [t for _, t in s_ref.named_tensors()]
                 got = [t for _, t in s_out.named_tensors()]
                 state_err = max(rel_err(a, b) for a, b in zip(flat, got, strict=True))
-                eager = _median_us(lambda: model.step(x, state))  # noqa: B023
-                replay = _median_us(graph.replay)
+                eager = time_ms(lambda _: model.step(x, state), [None], 10, 200)  # noqa: B023
+                replay = time_ms(lambda _: graph.replay(), [None], 10, 200)  # noqa: B023
             print(
                 f"| {kind} | {s} | {rel_err(y_ref, y_out):.2e} | {state_err:.2e} | "
-                f"{eager:.0f} | {replay:.0f} |"
+                f"{eager * 1e3:.0f} | {replay * 1e3:.0f} |"
             )
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.common import copy_bandwidth_gbps, fmt, rel_err, time_ms
+from bench.common import copy_bandwidth_gbps, fmt, progress, rel_err, time_ms
 from kernels.rwkv7 import chunk
 from kernels.rwkv7.chunk import rwkv7_chunk
 from kernels.rwkv7.fused_recurrent import rwkv7_fused_recurrent, rwkv7_step_fused
@@ -160,11 +160,6 @@ def _compiled_reference() -> Scan:
     return scan
 
 
-def _progress(row: dict[str, Any]) -> None:
-    """One line per finished measurement on stderr, so a run cut short still shows what it did."""
-    print("  ".join(f"{k}={fmt(v)}" for k, v in row.items()), file=sys.stderr, flush=True)
-
-
 def _row(
     op: str,
     impl: str,
@@ -236,7 +231,7 @@ def _step_rows(copy: float, fla_step: Scan) -> list[dict[str, Any]]:
                         except RuntimeError as exc:
                             ms, note = None, f"{note} failed: {exc}"[:160]
                 out.append(_row("rwkv7", name, 1, "step", ms, nbytes, copy, err, note, "us"))
-                _progress(out[-1])
+                progress(out[-1])
     return out
 
 
@@ -292,7 +287,7 @@ def rows(
                     "note": detail,
                 }
             )
-            _progress(out[-1])
+            progress(out[-1])
     dtype = torch.bfloat16
     impls: dict[str, Scan] = {**ours, "fla chunk_rwkv7": fla_chunk}
     if not quick:
@@ -323,7 +318,7 @@ def rows(
                 pas = "fwd+bwd" if backward else "fwd"
                 nbytes = _scan_bytes(steps, dtype, backward)
                 out.append(_row("rwkv7", name, steps, pas, ms, nbytes, copy, err, note))
-                _progress(out[-1])
+                progress(out[-1])
     if "step" in sections:
         out.extend(_step_rows(copy, fla_step))
     out.append({"op": "copy", "impl": "torch copy_", "GB/s": copy, "note": "read + write"})
