@@ -59,6 +59,10 @@ class ModelConfig:
     # Start the quantile head at zero, so an untrained model forecasts what the linear path does
     # (a random head adds noise of about 0.6 running std to every first forecast).
     zero_head: bool = False
+    # Steps in a day for the linear path's learned daily cycle (CycleNet's residual cycle,
+    # forecast/cycle.py); 0 = none. The phase is read from the first two covariates, the sine and
+    # cosine of the time of day (the calendar covariates, pipelines/calendar.py).
+    cycle_length: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -77,6 +81,13 @@ class ModelConfig:
         _positive_int("n_covariates", self.n_covariates, minimum=0)
         _positive_int("norm_halflife", self.norm_halflife, minimum=0)
         _positive_int("linear_lookback", self.linear_lookback, minimum=0)
+        _positive_int("cycle_length", self.cycle_length, minimum=0)
+        if self.cycle_length and (self.linear_lookback == 0 or self.n_covariates < 2):
+            raise ConfigError(
+                "ModelConfig.cycle_length needs the linear path (linear_lookback > 0) and the "
+                f"calendar covariates (n_covariates >= 2), got linear_lookback "
+                f"{self.linear_lookback}, n_covariates {self.n_covariates}"
+            )
         if not isinstance(self.channel_independent, bool):
             raise ConfigError(
                 f"ModelConfig.channel_independent must be a bool, got {self.channel_independent!r}"

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from forecast.adaptive_norm import VAR_FLOOR
 from forecast.config import ModelConfig
+from forecast.cycle import cycle_table
 
 __all__ = ["FeedForward", "InputEncoder", "LinearPath", "LinearPathState", "QuantileHead"]
 
@@ -132,6 +133,9 @@ class LinearPath(nn.Module):
     With cfg.linear_norm "window" the window is normalised by its own mean m_t and std s_t
     (RevIN, as RLinear) and the map's output denormalised by them:
         f_t = s_t (W ((w_t - m_t) / s_t) + b) + m_t,   offset_t = (f_t - mean_t) / std_t.
+    With cfg.cycle_length P, a learned daily cycle Q [P, C] is taken out of the normalised window
+    and put back into the forecast (forecast/cycle.py): b becomes b + cycle_table(Q, W)[p_t] for
+    the origin's phase p_t.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -139,6 +143,12 @@ class LinearPath(nn.Module):
         self.length = cfg.linear_lookback
         self.window_norm = cfg.linear_norm == "window"
         self.proj = nn.Linear(cfg.linear_lookback, cfg.horizon)
+        # The daily cycle Q [P, C], or None; zero = no cycle until trained or fitted.
+        self.cycle = (
+            nn.Parameter(torch.zeros(cfg.cycle_length, cfg.n_channels))
+            if cfg.cycle_length
+            else None
+        )
         with torch.no_grad():
             # Start as "repeat the level": the forecast is the running mean, as RLinear's init
             # of the normalised series predicts 0.
@@ -153,18 +163,30 @@ class LinearPath(nn.Module):
         )
 
     def _map(
-        self, raw: Tensor, mean: Tensor, std: Tensor, sums: tuple[Tensor, Tensor] | None
+        self,
+        raw: Tensor,
+        mean: Tensor,
+        std: Tensor,
+        sums: tuple[Tensor, Tensor] | None,
+        phase: Tensor | None,
     ) -> Tensor:
         """raw = W w_t [..., C, H]; mean, std [..., C]; sums: the window's mean and mean square
-        [..., C] (with linear_norm "window") -> offsets [..., H, C]."""
+        [..., C] (with linear_norm "window"); phase [...] of the origin (with a cycle)
+        -> offsets [..., H, C]."""
         w1 = self.proj.weight.sum(-1)  # W 1 [H]
+        bias: Tensor = self.proj.bias
+        if self.cycle is not None:
+            if phase is None:
+                raise ValueError("a linear path with a daily cycle needs the origin's phase")
+            # [..., H, C] -> [..., C, H], beside raw.
+            bias = bias + cycle_table(self.cycle, self.proj.weight)[phase].transpose(-1, -2)
         if sums is None:
-            out = (raw - mean[..., None] * w1) / std[..., None] + self.proj.bias
+            out = (raw - mean[..., None] * w1) / std[..., None] + bias
         else:
             wm, wsq = sums
             # The same E[w^2] - m^2 in `forward` and `step`, so both compute the same std.
             ws = torch.sqrt((wsq - wm * wm).clamp_min(0.0) + VAR_FLOOR)
-            f = raw - wm[..., None] * (w1 - 1.0) + ws[..., None] * self.proj.bias
+            f = raw - wm[..., None] * (w1 - 1.0) + ws[..., None] * bias
             out = (f - mean[..., None]) / std[..., None]
         return out.transpose(-1, -2)
 
@@ -175,16 +197,22 @@ class LinearPath(nn.Module):
         return window.mean(-1), (window * window).mean(-1)
 
     def forward(
-        self, z: Tensor, mean: Tensor, std: Tensor, s: LinearPathState, last_only: bool = False
+        self,
+        z: Tensor,
+        mean: Tensor,
+        std: Tensor,
+        s: LinearPathState,
+        last_only: bool = False,
+        phase: Tensor | None = None,
     ) -> tuple[Tensor, LinearPathState]:
-        """z (missing filled) [B, T, C]; mean, std [B, T, C] (or [B, C] with last_only)
-        -> (offsets [B, T, H, C] or [B, H, C], state)."""
+        """z (missing filled) [B, T, C]; mean, std [B, T, C] (or [B, C] with last_only); phase
+        [B, T] (or [B]) with a cycle -> (offsets [B, T, H, C] or [B, H, C], state)."""
         seq = torch.cat([s.window, z.transpose(1, 2)], dim=-1)  # [B, C, L + T]
         steps = z.shape[1]
         nxt = LinearPathState(seq[..., seq.shape[-1] - self.length :])
         if last_only:
             raw = nxt.window @ self.proj.weight.T  # [B, C, H]
-            return self._map(raw, mean, std, self._sums(nxt.window)), nxt
+            return self._map(raw, mean, std, self._sums(nxt.window), phase), nxt
         b, c, n = seq.shape
         flat = seq.reshape(b * c, 1, n)[..., 1:]
         # Every window of L ending at each of the T new steps: a convolution with W.
@@ -196,12 +224,12 @@ class LinearPath(nn.Module):
             pooled = [F.avg_pool1d(v, self.length, stride=1) for v in (flat, flat * flat)]
             wm, wsq = (p.reshape(b, c, steps).transpose(1, 2) for p in pooled)
             sums = (wm, wsq)
-        return self._map(raw, mean, std, sums), nxt
+        return self._map(raw, mean, std, sums, phase), nxt
 
     def step(
-        self, z: Tensor, mean: Tensor, std: Tensor, s: LinearPathState
+        self, z: Tensor, mean: Tensor, std: Tensor, s: LinearPathState, phase: Tensor | None = None
     ) -> tuple[Tensor, LinearPathState]:
-        """z, mean, std [B, C] -> (offsets [B, H, C], state)."""
+        """z, mean, std [B, C]; phase [B] with a cycle -> (offsets [B, H, C], state)."""
         window = torch.cat([s.window[..., 1:], z[..., None]], dim=-1)
         raw = window @ self.proj.weight.T
-        return self._map(raw, mean, std, self._sums(window)), LinearPathState(window)
+        return self._map(raw, mean, std, self._sums(window), phase), LinearPathState(window)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from forecast.adaptive_norm import AdaptiveNorm
 from forecast.config import ModelConfig
+from forecast.cycle import cycle_phase
 from forecast.layers import InputEncoder, LinearPath, QuantileHead
 from forecast.state import ModelState
 
@@ -185,7 +186,10 @@ class Forecaster(nn.Module):
             filled = torch.where(observed, z, m)
             if last_only:
                 m, sd = m[:, -1], sd[:, -1]
-            offset, window = self.linear(filled, m, sd, window, last_only=last_only)
+            phase = self._phase(covariates)
+            if last_only and phase is not None:
+                phase = phase[:, -1]
+            offset, window = self.linear(filled, m, sd, window, last_only=last_only, phase=phase)
         y = self.head(self.drop(self.norm(h)), offset)
         if mean is not None and std is not None:
             y = self._rescale(y, *((mean[:, -1], std[:, -1]) if last_only else (mean, std)))
@@ -210,11 +214,19 @@ class Forecaster(nn.Module):
         offset = None
         if self.linear is not None:
             m, sd = _stats(z, mean, std)
-            offset, window = self.linear.step(torch.where(observed, z, m), m, sd, window)
+            offset, window = self.linear.step(
+                torch.where(observed, z, m), m, sd, window, self._phase(covariates)
+            )
         y = self.head(self.drop(self.norm(h)), offset)
         if mean is not None and std is not None:
             y = self._rescale(y, mean, std)
         return self._to_data_units(y), self._join(level, window, layers)
+
+    def _phase(self, covariates: Tensor | None) -> Tensor | None:
+        """The phase of the day [...] for the linear path's cycle (None without one)."""
+        if not self.config.cycle_length or covariates is None:
+            return None
+        return cycle_phase(covariates, self.config.cycle_length)
 
     def _run_backbone(
         self, feats: Tensor, state: LayerStates, time_axis: bool

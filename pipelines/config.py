@@ -101,6 +101,8 @@ class TrainConfig:
     # ModelConfig.linear_norm and ModelConfig.zero_head (forecast/config.py).
     linear_norm: str = "running"
     zero_head: bool = False
+    # ModelConfig.cycle_length: steps in a day for the linear path's daily cycle (0: none).
+    cycle_length: int = 0
     # Where the loss is taken: "origin" (the last position of each window: what is scored) or
     # "all" (every position of the lookback forecasts its next `horizon` rows).
     loss_positions: str = "origin"
@@ -174,6 +176,7 @@ class TrainConfig:
             dropout=self.dropout,
             linear_norm=self.linear_norm,
             zero_head=self.zero_head,
+            cycle_length=self.cycle_length,
         )
 
 

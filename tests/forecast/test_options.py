@@ -3,12 +3,15 @@ processing, the linear path, dropout and the chunked running normalisation."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from forecast import KINDS, ConfigError, ModelConfig, build_model
 from forecast.adaptive_norm import VAR_FLOOR, AdaptiveNorm
+from forecast.cycle import cycle_phase
 from forecast.layers import LinearPath
+from pipelines.calendar import calendar_features
 from tests.forecast.test_models import assert_states_close, make_inputs, make_model
 from tests.helpers import assert_close
 
@@ -19,6 +22,8 @@ OPTIONS = [
     dict(channel_independent=False, linear_lookback=6, norm_halflife=5, dropout=0.3),
     dict(channel_independent=False, linear_lookback=6, norm_halflife=5, linear_norm="window"),
     dict(channel_independent=True, linear_lookback=5, norm_halflife=0, linear_norm="window"),
+    dict(linear_lookback=6, norm_halflife=5, linear_norm="window", cycle_length=7),
+    dict(channel_independent=True, linear_lookback=4, norm_halflife=0, cycle_length=3),
 ]
 
 
@@ -120,6 +125,55 @@ def test_window_norm_is_revin_on_the_linear_window() -> None:
             assert_close("revin", (f - mean[0, t, c]) / std[0, t, c], out[0, t, :, c])
 
 
+def test_daily_cycle_is_taken_out_of_the_window_and_put_back_into_the_forecast() -> None:
+    """cycle_length P: f = s (W ((w - m) / s - Q_in) + b + Q_out) + m, Q_in the cycle at the
+    window's phases (up to the origin's, read from the covariates), Q_out at the next H."""
+    torch.manual_seed(0)
+    period, length, horizon = 7, 5, 3
+    cfg = ModelConfig(
+        kind="diagonal_ssm",
+        n_channels=2,
+        horizon=horizon,
+        linear_lookback=length,
+        linear_norm="window",
+        n_covariates=2,
+        cycle_length=period,
+    )
+    path = LinearPath(cfg).double()
+    assert path.cycle is not None
+    with torch.no_grad():
+        for p in (path.proj.weight, path.proj.bias, path.cycle):
+            p.normal_()
+    z = torch.randn(1, 9, 2, dtype=torch.float64) * 3 + 2
+    mean = torch.randn(1, 9, 2, dtype=torch.float64)
+    std = torch.rand(1, 9, 2, dtype=torch.float64) + 0.5
+    first = 4  # the phase of step 0; step t is at (first + t) mod P
+    angle = 2 * torch.pi * (first + torch.arange(9, dtype=torch.float64)) / period
+    cov = torch.stack([angle.sin(), angle.cos()], dim=-1)[None]
+    phase = cycle_phase(cov, period)
+    assert phase.tolist() == [[(first + t) % period for t in range(9)]]
+    start = path.init_state(1, 2, torch.device("cpu"), torch.float64)
+    out, _ = path(z, mean, std, start, phase=phase)
+    q = path.cycle
+    for t in (4, 8):
+        for c in range(2):
+            w = z[0, t - length + 1 : t + 1, c]
+            q_in = q[[(first + u) % period for u in range(t - length + 1, t + 1)], c]
+            q_out = q[[(first + t + 1 + h) % period for h in range(horizon)], c]
+            m, s = w.mean(), torch.sqrt(w.var(unbiased=False) + VAR_FLOOR)
+            f = s * (path.proj.weight @ ((w - m) / s - q_in) + path.proj.bias + q_out) + m
+            assert_close("cycle", (f - mean[0, t, c]) / std[0, t, c], out[0, t, :, c])
+    with pytest.raises(ValueError, match="phase"):
+        path(z, mean, std, start)
+
+
+def test_cycle_phase_is_the_step_of_the_day_from_the_calendar() -> None:
+    stamps = np.datetime64("2021-03-27T22:00") + np.arange(200) * np.timedelta64(10, "m")
+    cov = torch.from_numpy(calendar_features(stamps))
+    step = (stamps - stamps.astype("datetime64[D]")).astype("timedelta64[m]").astype(int) // 10
+    assert cycle_phase(cov, 144).tolist() == step.tolist()
+
+
 def test_zero_head_starts_as_the_linear_path() -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(kind="diagonal_ssm", n_channels=2, horizon=4, zero_head=True)
@@ -194,6 +248,8 @@ def test_dropout_only_while_training() -> None:
         ("channel_independent", 1),
         ("linear_norm", "revin"),
         ("zero_head", 0),
+        ("cycle_length", -1),
+        ("cycle_length", 24),
     ],
 )
 def test_bad_options_name_the_field(field: str, value: object) -> None:
