@@ -76,6 +76,11 @@ def train(
     data_cfg = data_cfg or DataConfig()
     data = read_dataset(cfg.data, data_cfg)
     splits = protocol_splits(data.name, data.n_steps, data_cfg.split)
+    if cfg.cycle_length and data.covariate_names[:2] != ("hour_sin", "hour_cos"):
+        raise ValueError(
+            "--cycle-length reads the time of day from the calendar covariates; "
+            "this data has none (DataConfig.calendar is off)"
+        )
     mcfg = cfg.model_config(len(data.channels), data.covariates.shape[-1])
     model = build_model(mcfg)
     train_lo, train_hi = splits.train

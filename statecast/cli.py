@@ -123,6 +123,7 @@ def _train(args: argparse.Namespace) -> int:
         zero_head=args.zero_head,
         dropout=args.dropout,
         channel_independent=args.channel_independent,
+        cycle_length=args.cycle_length,
         point_loss=args.point_loss,
         mse_weight=args.mse_weight,
         workers=args.workers,
@@ -381,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--zero-head", action="store_true", help="quantile head starts at zero")
     tr.add_argument("--dropout", type=float, default=0.0)
     tr.add_argument("--channel-independent", action="store_true")
+    tr.add_argument(
+        "--cycle-length",
+        type=int,
+        default=0,
+        help="steps in a day for the linear path's learned daily cycle (0 = none; e.g. 24 hourly)",
+    )
     tr.add_argument(
         "--point-loss",
         default="pinball",

@@ -29,6 +29,17 @@ def test_train_config_options() -> None:
         TrainConfig(data="x", loss_positions="middle")
     with pytest.raises(ValueError, match="linear_lookback"):
         TrainConfig(data="x", linear_lookback=-2)
+    assert TrainConfig(data="x", cycle_length=24).model_config(7, 6).cycle_length == 24
+
+
+def test_a_daily_cycle_without_the_calendar_is_a_clear_error() -> None:
+    """The cycle's phase is the time of day of the calendar covariates: without them, training
+    stops before Ray or MLflow start, naming the option."""
+    from pipelines.train import train
+
+    cfg = TrainConfig(data=str(ROOT / "data" / "ETTh1.csv"), cycle_length=24)
+    with pytest.raises(ValueError, match="--cycle-length .* calendar"):
+        train(cfg, DataConfig(calendar=False))
 
 
 @pytest.mark.parametrize("positions", ["origin", "all"])
