@@ -38,7 +38,7 @@ def test_a_daily_cycle_without_the_calendar_is_a_clear_error() -> None:
     from pipelines.train import train
 
     cfg = TrainConfig(data=str(ROOT / "data" / "ETTh1.csv"), cycle_length=24)
-    with pytest.raises(ValueError, match="--cycle-length .* calendar"):
+    with pytest.raises(ValueError, match=r"--cycle-length .* calendar"):
         train(cfg, DataConfig(calendar=False))
 
 
