@@ -50,13 +50,19 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from forecast import build_model
-from forecast.adaptive_norm import VAR_FLOOR
-from forecast.cycle import cycle_phase, cycle_table
 from forecast.model import Forecaster
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model, model_predictor
 from pipelines.fit import make_optimizer, train_epoch, training_windows, validate
+from pipelines.linear_fit import (
+    RIDGE_LAMBDAS,
+    LinearFit,
+    fit_linear,
+    model_scale,
+    score_linear_fit,
+    set_linear_path,
+)
 from pipelines.protocol import ErrorSums, EvalResult, protocol_splits, window_starts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,11 +160,9 @@ def init_linear_ridge(
     model: Forecaster, data: SeriesData, cfg: TrainConfig, ridge_dir: str | None
 ) -> float:
     """Set the model's linear path (and its daily cycle, with cfg.cycle_length) to the
-    closed-form fit (`ridge_fit`): read from ridge_dir when a fit of this dataset, H, L and cycle
-    is there, else fitted here. -> the fit's ridge strength. With a zero head the model then
-    forecasts exactly what the fit does."""
-    linear = model.linear
-    if linear is None or cfg.linear_norm != "window" or linear.length != cfg.lookback:
+    closed-form fit (pipelines/linear_fit.py): read from ridge_dir when a fit of this dataset, H,
+    L and cycle is there, else fitted here. -> the fit's ridge strength."""
+    if model.linear is None or cfg.linear_norm != "window" or model.linear.length != cfg.lookback:
         raise ValueError("--linear-init ridge needs the linear path at the lookback, window norm")
     period = cfg.cycle_length
     saved = (
@@ -169,17 +173,13 @@ def init_linear_ridge(
     if saved is not None and saved.exists():
         tensors = load_file(str(saved))
         cycle = tensors["cycle"].numpy() if "cycle" in tensors else None
-        fit = RidgeFit(tensors["beta"].numpy(), float(tensors["ridge"]), math.nan, cycle)
+        fit = LinearFit(tensors["beta"].numpy(), float(tensors["ridge"]), math.nan, cycle)
         print(f"  linear path from {saved} (ridge {fit.ridge:g})", flush=True)
     else:
-        fit = ridge_fit(data, cfg.lookback, cfg.horizon, period)
+        splits = protocol_splits(data.name, data.n_steps)
+        fit = fit_linear(data, splits, cfg.lookback, cfg.horizon, period)
         print(f"  linear path fitted here (ridge {fit.ridge:g}; no saved fit)", flush=True)
-    weight = linear.proj.weight
-    with torch.no_grad():
-        weight.copy_(torch.from_numpy(fit.beta[:-1].T).to(weight))
-        linear.proj.bias.copy_(torch.from_numpy(fit.beta[-1]).to(weight))
-        if linear.cycle is not None and fit.cycle is not None:
-            linear.cycle.copy_(torch.from_numpy(fit.cycle).to(weight))
+    set_linear_path(model, fit)
     return fit.ridge
 
 
@@ -254,199 +254,6 @@ def run_one(
     return row
 
 
-# Ridge strengths tried by --ridge-linear, relative to the mean diagonal of the normal equations.
-RIDGE_LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-
-
-def _norm_windows(
-    values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int, floor: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Windows of one series [T, C] starting at `starts` [N] -> inputs normalised by their own
-    mean and std with a 1 appended for the bias [N, C, L + 1], that mean and std [N, C, 1], the
-    targets [N, C, H] and whether input and target are fully observed [N, C]. A missing input is
-    its window's mean; std = sqrt(var + floor [C]), the linear path's VAR_FLOOR in data units."""
-    w = values[starts[:, None] + np.arange(lookback + horizon)].astype(np.float64)
-    x, y = w[:, :lookback].transpose(0, 2, 1), w[:, lookback:].transpose(0, 2, 1)
-    ok = np.asarray(~(np.isnan(x).any(-1) | np.isnan(y).any(-1)))
-    m = np.nanmean(x, axis=-1, keepdims=True)
-    x = np.where(np.isnan(x), m, x)
-    s = np.sqrt(x.var(-1, keepdims=True) + floor[:, None])
-    xt = np.concatenate([(x - m) / s, np.ones((*x.shape[:-1], 1))], axis=-1)
-    return xt, m, s, y, ok
-
-
-def _ridge_scores(
-    data: SeriesData,
-    bounds: tuple[int, int],
-    fit: RidgeFit,
-    floor: np.ndarray,
-    scales: list[np.ndarray],
-) -> list[EvalResult]:
-    """The closed-form linear map (and cycle) scored on every window of `bounds`."""
-    lookback, horizon = fit.beta.shape[0] - 1, fit.beta.shape[1]
-    starts = window_starts(bounds, lookback, horizon)
-    table = fit.table()
-    sums = [ErrorSums(horizon, s) for s in scales]
-    for series in range(data.n_series):
-        phase = _phases(data, series, len(table)) if table is not None else None
-        for i in range(0, len(starts), 2000):
-            batch = starts[i : i + 2000]
-            xt, m, s, y, _ = _norm_windows(data.values[series], batch, lookback, horizon, floor)
-            norm = xt @ fit.beta  # [N, C, H]
-            if table is not None and phase is not None:
-                norm = norm + table[phase[batch + lookback - 1]].transpose(0, 2, 1)
-            pred = (s * norm + m).transpose(0, 2, 1)
-            for e in sums:
-                e.add(pred, y.transpose(0, 2, 1))
-    return [e.result() for e in sums]
-
-
-@dataclasses.dataclass(frozen=True)
-class RidgeFit:
-    """The linear path in closed form: beta [L + 1, H] (W transposed, b as its last row), the
-    ridge strength, the val MSE, and the daily cycle Q [P, C] (None without one)."""
-
-    beta: np.ndarray
-    ridge: float
-    val_mse: float
-    cycle: np.ndarray | None = None
-
-    def table(self) -> np.ndarray | None:
-        """The cycle's part of the normalised forecast for each origin phase [P, H, C]."""
-        if self.cycle is None:
-            return None
-        w = torch.from_numpy(np.ascontiguousarray(self.beta[:-1].T))
-        return cycle_table(torch.from_numpy(self.cycle), w).numpy()
-
-
-def _phases(data: SeriesData, series: int, period: int) -> np.ndarray:
-    """Each row's phase of the day [T] from the calendar covariates (as the model reads it)."""
-    if data.covariate_names[:2] != ("hour_sin", "hour_cos"):
-        raise ValueError("a daily cycle needs the calendar covariates (hour_sin, hour_cos first)")
-    return cycle_phase(torch.from_numpy(data.covariates[series]), period).numpy()
-
-
-def ridge_fit(data: SeriesData, lookback: int, horizon: int, cycle: int = 0) -> RidgeFit:
-    """The linear path alone with `--linear-norm window` (RLinear) in closed form: W [H, L] and
-    b [H], shared by the channels, minimise the training MSE in the model's scaled units over every
-    fully observed training window (a window's error is its std over the channel's scale times
-    the normalised one: weighted least squares), the ridge strength chosen by validation MSE.
-
-    cycle P > 0 adds the daily cycle Q [P, C] (forecast/cycle.py; CycleNet's, fitted jointly with
-    W): the objective is then bilinear, so it is minimised alternately, W by least squares for a
-    given Q and Q by least squares for a given W, each step exact, so the loss never rises. Both
-    steps need only sums over the windows grouped by origin phase and channel, gathered in one
-    pass over the training windows."""
-    splits = protocol_splits(data.name, data.n_steps)
-    scale, floor = _model_scale(data, splits.train)
-    k, c = lookback + 1, len(data.channels)
-    p = max(cycle, 1)
-    gram, cross = np.zeros((k, k)), np.zeros((k, horizon))
-    # Per origin phase and channel: the weights, weighted inputs and weighted targets.
-    nw, x1, y1 = np.zeros((p, c)), np.zeros((p, c, k)), np.zeros((p, c, horizon))
-    starts = window_starts(splits.train, lookback, horizon)
-    for series in range(data.n_series):
-        phase = _phases(data, series, cycle) if cycle else None
-        for i in range(0, len(starts), 2000):
-            batch = starts[i : i + 2000]
-            xt, m, s, y, ok = _norm_windows(data.values[series], batch, lookback, horizon, floor)
-            weight = np.where(ok, (s[..., 0] / scale) ** 2, 0.0)  # [N, C]
-            yn = np.where(ok[..., None], (y - m) / s, 0.0)
-            xw = xt * weight[..., None]
-            gram += xw.reshape(-1, k).T @ xt.reshape(-1, k)
-            cross += xw.reshape(-1, k).T @ yn.reshape(-1, horizon)
-            if phase is not None:
-                at = phase[batch + lookback - 1]
-                np.add.at(nw, at, weight)
-                np.add.at(x1, at, xw)
-                np.add.at(y1, at, yn * weight[..., None])
-    best: RidgeFit | None = None
-    for lam in RIDGE_LAMBDAS:
-        reg = lam * np.trace(gram) / k * np.eye(k)
-        # The bias is not shrunk.
-        reg[-1, -1] = 0.0
-        q = np.zeros((cycle, c)) if cycle else None
-        for _ in range(CYCLE_ROUNDS if cycle else 1):
-            g, r = (gram, cross) if q is None else _decycled(gram, cross, nw, x1, y1, q, horizon)
-            beta = np.linalg.solve(g + reg, r)
-            if q is not None:
-                q = _fit_cycle(beta, nw, x1, y1)
-        fit = RidgeFit(beta, lam, math.nan, q)
-        (val,) = _ridge_scores(data, splits.val, fit, floor, [scale])
-        if best is None or val.mse < best.val_mse:
-            best = dataclasses.replace(fit, val_mse=val.mse)
-    assert best is not None
-    return best
-
-
-# Alternating rounds of the cycle fit (W given Q, then Q given W).
-CYCLE_ROUNDS = 8
-
-
-def _cycle_index(period: int, lookback: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Phases of the window's L positions [P, L] and the H forecast steps [P, H] per origin."""
-    origin = np.arange(period)[:, None]
-    return (origin - lookback + 1 + np.arange(lookback)) % period, (
-        origin + 1 + np.arange(horizon)
-    ) % period
-
-
-def _decycled(
-    gram: np.ndarray,
-    cross: np.ndarray,
-    nw: np.ndarray,
-    x1: np.ndarray,
-    y1: np.ndarray,
-    q: np.ndarray,
-    horizon: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The normal equations of W on the windows with the cycle taken out (inputs x - Q_in, the
-    bias column untouched; targets y - Q_out), from the sums: no second pass over the data."""
-    period, lookback = q.shape[0], gram.shape[0] - 1
-    idx_in, idx_out = _cycle_index(period, lookback, horizon)
-    q_in = np.concatenate([q[idx_in].transpose(0, 2, 1), np.zeros((*nw.shape, 1))], axis=-1)
-    q_out = q[idx_out].transpose(0, 2, 1)  # [P, C, H]
-    xq = np.einsum("pck,pcj->kj", x1, q_in)
-    g = gram - xq - xq.T + np.einsum("pc,pck,pcj->kj", nw, q_in, q_in)
-    r = (
-        cross
-        - np.einsum("pck,pch->kh", x1, q_out)
-        - np.einsum("pck,pch->kh", q_in, y1)
-        + np.einsum("pc,pck,pch->kh", nw, q_in, q_out)
-    )
-    return g, r
-
-
-def _fit_cycle(beta: np.ndarray, nw: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
-    """The cycle Q [P, C] minimising the weighted loss for a given map: a window at origin phase p
-    leaves the residual y - W x - b, which the cycle explains as A_p Q = Q_out(p) - W Q_in(p)."""
-    period, c = nw.shape
-    lookback, horizon = beta.shape[0] - 1, beta.shape[1]
-    idx_in, idx_out = _cycle_index(period, lookback, horizon)
-    w = beta[:-1].T  # [H, L]
-    a = np.zeros((period, horizon, period))
-    for p in range(period):
-        a[p, np.arange(horizon), idx_out[p]] += 1.0
-        np.add.at(a[p].T, idx_in[p], -w.T)
-    resid = y1 - np.einsum("pck,kh->pch", x1, beta)  # summed weighted residuals [P, C, H]
-    ata = a.transpose(0, 2, 1) @ a  # [P, P, P]
-    rhs = np.einsum("phq,pch->cq", a, resid, optimize=True)
-    q = np.zeros((period, c))
-    for ch in range(c):
-        g = np.einsum("p,pqr->qr", nw[:, ch], ata)
-        q[:, ch] = np.linalg.solve(g + 1e-9 * np.trace(g) / period * np.eye(period), rhs[ch])
-    return q
-
-
-def _model_scale(data: SeriesData, train: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The model's scaler (fit_scaler: population std of the observed train rows) [C] and the
-    linear path's variance floor in data units [C]."""
-    rows = data.values[:, train[0] : train[1]].astype(np.float64)
-    scale = np.nanstd(rows.reshape(-1, rows.shape[-1]), axis=0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    return scale, VAR_FLOOR * scale**2
-
-
 def ridge_file(folder: Path, name: str, lookback: int, horizon: int, cycle: int = 0) -> Path:
     return folder / f"ridge_{name}_H{horizon}_L{lookback}{f'_P{cycle}' if cycle else ''}.st"
 
@@ -454,13 +261,13 @@ def ridge_file(folder: Path, name: str, lookback: int, horizon: int, cycle: int 
 def ridge_linear(
     path: Path, lookback: int, horizon: int, save_dir: str | None = None, cycle: int = 0
 ) -> dict[str, Any]:
-    """`ridge_fit` scored under the protocol: what the linear path can reach on its own, with no
+    """`fit_linear` scored under the protocol: what the linear path can reach on its own, with no
     backbone and no SGD, in seconds on a CPU. With save_dir the fit is kept there for
     `--linear-init ridge --ridge-dir` (a safetensors file per dataset, H, L and cycle)."""
     start = time.perf_counter()
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
-    fit = ridge_fit(data, lookback, horizon, cycle)
+    fit = fit_linear(data, splits, lookback, horizon, cycle)
     if save_dir:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         tensors = {
@@ -470,9 +277,9 @@ def ridge_linear(
         if fit.cycle is not None:
             tensors["cycle"] = torch.from_numpy(fit.cycle)
         save_file(tensors, ridge_file(Path(save_dir), data.name, lookback, horizon, cycle))
-    scale, floor = _model_scale(data, splits.train)
+    scale, floor = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
-    test, test_p = _ridge_scores(data, splits.test, fit, floor, [scale, proto])
+    test, test_p = score_linear_fit(data, splits.test, fit, floor, [scale, proto])
     published = PUBLISHED.get((data.name, horizon), (math.nan, math.nan))
     return {
         "dataset": data.name,

@@ -15,6 +15,7 @@ SPLITS = ("auto", "ett-hourly", "ett-15min", "ratio")
 LOSS_POSITIONS = ("origin", "all")
 LR_SCHEDULES = ("constant", "cosine")
 POINT_LOSSES = ("pinball", "mse")
+LINEAR_INITS = ("zero", "fit")
 C = TypeVar("C")
 
 
@@ -103,6 +104,11 @@ class TrainConfig:
     zero_head: bool = False
     # ModelConfig.cycle_length: steps in a day for the linear path's daily cycle (0: none).
     cycle_length: int = 0
+    # Where the linear path starts: "zero", or "fit": its closed-form least-squares fit on the
+    # training windows (pipelines/linear_fit.py; needs linear_norm "window"), the backbone then
+    # learning what the fit leaves; the start is validated too, so training keeps it unless an
+    # epoch beats it on validation.
+    linear_init: str = "zero"
     # Where the loss is taken: "origin" (the last position of each window: what is scored) or
     # "all" (every position of the lookback forecasts its next `horizon` rows).
     loss_positions: str = "origin"
@@ -141,6 +147,16 @@ class TrainConfig:
             )
         if self.linear_lr is not None and not self.linear_lr > 0:
             raise ValueError(f"TrainConfig.linear_lr must be None or > 0, got {self.linear_lr!r}")
+        if self.linear_init not in LINEAR_INITS:
+            raise ValueError(
+                f"TrainConfig.linear_init must be one of {LINEAR_INITS}, got {self.linear_init!r}"
+            )
+        if self.linear_init == "fit" and (
+            self.linear_norm != "window" or self.linear_lookback == 0
+        ):
+            raise ValueError(
+                "TrainConfig.linear_init 'fit' needs the linear path with linear_norm 'window'"
+            )
         if self.loss_positions not in LOSS_POSITIONS:
             raise ValueError(
                 f"TrainConfig.loss_positions must be one of {LOSS_POSITIONS}, "

@@ -35,6 +35,7 @@ from pipelines import settings
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model
+from pipelines.linear_fit import fit_linear, set_linear_path
 from pipelines.plots import plot_forecast
 from pipelines.progress import TrainProgress
 from pipelines.protocol import protocol_splits, window_starts
@@ -85,6 +86,13 @@ def train(
     model = build_model(mcfg)
     train_lo, train_hi = splits.train
     model.fit_scaler(torch.from_numpy(data.values[:, train_lo:train_hi]))
+    linear_start, fit = None, None
+    if cfg.linear_init == "fit":
+        # Fitted once here, on the driver: every worker starts its linear path from the same fit.
+        assert model.linear is not None
+        fit = fit_linear(data, splits, model.linear.length, cfg.horizon, cfg.cycle_length)
+        set_linear_path(model, fit)
+        linear_start = {k: v.detach().numpy() for k, v in model.linear.state_dict().items()}
 
     uri = settings.tracking_uri()
     settings.bound_mlflow_http()
@@ -104,6 +112,9 @@ def train(
     with mlflow.start_run(run_id=run_id, run_name=run_name, experiment_id=experiment_id) as run:
         if run_id is None:
             mlflow.log_params(_params(cfg, data_cfg, data, mcfg.to_dict()))
+            if fit is not None:
+                mlflow.log_params({"linear_fit_ridge": fit.ridge})
+                mlflow.log_metric("linear_fit_val_mse", fit.val_mse)
 
         if not ray.is_initialized():
             ray.init(address=settings.ray_address(), include_dashboard=False, log_to_driver=True)
@@ -116,6 +127,7 @@ def train(
                 "covariates": data.covariates,
                 "loc": model.encoder.loc.numpy(),
                 "scale": model.encoder.scale.numpy(),
+                "linear_start": linear_start,
                 "train_bounds": splits.train,
                 "val_bounds": splits.val,
                 "tracking_uri": uri,

@@ -1,6 +1,7 @@
 """The per-worker training loop that Ray Train runs. It reads top to bottom:
 
-resume from the last checkpoint if there is one -> for each epoch: shuffled windows, pinball loss
+resume from the last checkpoint if there is one (else, with a fitted linear path, validate the
+start) -> for each epoch: shuffled windows, pinball loss
 (+ MSE on the median), validation MSE under the protocol -> rank 0 logs to MLflow (buffered while
 the server is unreachable) and writes a checkpoint (latest and best weights, optimiser, progress)
 -> early stop after `patience` epochs without a better validation MSE.
@@ -46,6 +47,10 @@ def train_loop(config: dict[str, Any]) -> None:
     with torch.no_grad():
         model.encoder.loc.copy_(torch.tensor(config["loc"]))
         model.encoder.scale.copy_(torch.tensor(config["scale"]))
+    start = config.get("linear_start")
+    if start is not None and model.linear is not None:
+        # The closed-form fit (TrainConfig.linear_init "fit"), made once on the driver.
+        model.linear.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
     opt = make_optimizer(model, cfg)
     progress = {"epoch": -1, "best_val_mse": math.inf, "bad_epochs": 0}
     best_weights = None
@@ -60,6 +65,10 @@ def train_loop(config: dict[str, Any]) -> None:
     core: Forecaster = model  # the unwrapped module, for step-free helpers and state_dict
 
     train_bounds, val_bounds = tuple(config["train_bounds"]), tuple(config["val_bounds"])
+    if start is not None and checkpoint is None:
+        # The start is a candidate too: an epoch is kept only if it beats the fit on validation.
+        progress["best_val_mse"] = validate(core, values, covariates, val_bounds, cfg, device)
+        best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
     train_windows = training_windows(values.shape[0], train_bounds, cfg)
     tracker = None
     if rank == 0:

@@ -124,6 +124,7 @@ def _train(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         channel_independent=args.channel_independent,
         cycle_length=args.cycle_length,
+        linear_init=args.linear_init,
         point_loss=args.point_loss,
         mse_weight=args.mse_weight,
         workers=args.workers,
@@ -382,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--zero-head", action="store_true", help="quantile head starts at zero")
     tr.add_argument("--dropout", type=float, default=0.0)
     tr.add_argument("--channel-independent", action="store_true")
+    tr.add_argument(
+        "--linear-init",
+        default="zero",
+        choices=["zero", "fit"],
+        help="fit: the linear path starts at its closed-form fit (needs --linear-norm window; "
+        "best with --zero-head), validated as a candidate",
+    )
     tr.add_argument(
         "--cycle-length",
         type=int,

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.accuracy import init_linear_ridge, ridge_fit, ridge_linear, run_one
+from bench.accuracy import init_linear_ridge, ridge_linear, run_one
 from forecast import build_model
 from pipelines.config import DataConfig, TrainConfig
-from pipelines.data import read_dataset
+from pipelines.data import SeriesData, read_dataset
 from pipelines.fit import validate
+from pipelines.linear_fit import LinearFit, fit_linear
 from pipelines.protocol import protocol_splits
 
 LOOKBACK, HORIZON = 16, 8
@@ -31,6 +32,10 @@ def toy_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines = ["date,a,b"] + [f"{s},{x:.6f},{y:.6f}" for s, x, y in zip(stamps, a, b, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _fit(data: SeriesData, cycle: int = 0) -> LinearFit:
+    return fit_linear(data, protocol_splits(data.name, data.n_steps), LOOKBACK, HORIZON, cycle)
 
 
 def config(path: Path, **kw: object) -> TrainConfig:
@@ -55,7 +60,7 @@ def config(path: Path, **kw: object) -> TrainConfig:
 def test_a_model_started_at_the_fit_forecasts_what_the_fit_does(toy_csv: Path, cycle: int) -> None:
     data = read_dataset(toy_csv, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
-    fit = ridge_fit(data, LOOKBACK, HORIZON, cycle)
+    fit = fit_linear(data, splits, LOOKBACK, HORIZON, cycle)
     cfg = config(toy_csv, cycle_length=cycle)
     torch.manual_seed(0)
     model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
@@ -91,7 +96,7 @@ def test_a_saved_fit_is_the_fit(toy_csv: Path, tmp_path: Path, cycle: int) -> No
 
 def test_the_start_is_a_candidate_so_bad_training_cannot_lose_it(toy_csv: Path) -> None:
     data = read_dataset(toy_csv, DataConfig())
-    fit_val = ridge_fit(data, LOOKBACK, HORIZON).val_mse
+    fit_val = _fit(data).val_mse
     # A learning rate far too high: every trained epoch is worse than the fitted start.
     cfg = config(toy_csv, lr=3.0, linear_lr=3.0, epochs=2, patience=5)
     row = run_one(toy_csv, cfg, "cpu", "bad", scores="window", linear_init="ridge")
@@ -114,7 +119,7 @@ def test_the_daily_cycle_fit_explains_a_daily_cycle(toy_csv: Path) -> None:
     is sin(2 pi hour / 24) up to a factor (the map W passes part of a cycle through, so only the
     cycle's part Q_out - W Q_in is pinned down, not Q's scale)."""
     data = read_dataset(toy_csv, DataConfig())
-    plain, cyc = ridge_fit(data, LOOKBACK, HORIZON), ridge_fit(data, LOOKBACK, HORIZON, 24)
+    plain, cyc = _fit(data), _fit(data, 24)
     assert cyc.val_mse < plain.val_mse
     assert cyc.cycle is not None and cyc.cycle.shape == (24, 2)
     hours = np.arange(24)

@@ -1,0 +1,247 @@
+"""The linear path fitted in closed form: its start for training (`TrainConfig.linear_init`).
+
+The linear path with `linear_norm="window"` is RLinear's map, and with a daily cycle CycleNet's
+(forecast/layers.py, forecast/cycle.py). Alone it is a linear model of the normalised window, so
+its training MSE has a closed-form minimum: weighted least squares over every fully observed
+training window, in the model's scaled units, the ridge strength chosen by validation MSE. A
+model started there forecasts what the fit does (with a zero head), and the backbone then trains
+on what the fit leaves. On the benchmarks this start beats SGD from zero (docs/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from forecast.adaptive_norm import VAR_FLOOR
+from forecast.cycle import cycle_phase, cycle_table
+from forecast.model import Forecaster
+from pipelines.data import SeriesData
+from pipelines.protocol import ErrorSums, EvalResult, Splits, window_starts
+
+__all__ = [
+    "RIDGE_LAMBDAS",
+    "LinearFit",
+    "fit_linear",
+    "model_scale",
+    "score_linear_fit",
+    "set_linear_path",
+]
+
+
+# Ridge strengths tried, relative to the mean diagonal of the normal equations.
+RIDGE_LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _norm_windows(
+    values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int, floor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of one series [T, C] starting at `starts` [N] -> inputs normalised by their own
+    mean and std with a 1 appended for the bias [N, C, L + 1], that mean and std [N, C, 1], the
+    targets [N, C, H] and whether input and target are fully observed [N, C]. A missing input is
+    its window's mean; std = sqrt(var + floor [C]), the linear path's VAR_FLOOR in data units."""
+    w = values[starts[:, None] + np.arange(lookback + horizon)].astype(np.float64)
+    x, y = w[:, :lookback].transpose(0, 2, 1), w[:, lookback:].transpose(0, 2, 1)
+    ok = np.asarray(~(np.isnan(x).any(-1) | np.isnan(y).any(-1)))
+    m = np.nanmean(x, axis=-1, keepdims=True)
+    x = np.where(np.isnan(x), m, x)
+    s = np.sqrt(x.var(-1, keepdims=True) + floor[:, None])
+    xt = np.concatenate([(x - m) / s, np.ones((*x.shape[:-1], 1))], axis=-1)
+    return xt, m, s, y, ok
+
+
+def score_linear_fit(
+    data: SeriesData,
+    bounds: tuple[int, int],
+    fit: LinearFit,
+    floor: np.ndarray,
+    scales: list[np.ndarray],
+) -> list[EvalResult]:
+    """The closed-form linear map (and cycle) scored on every window of `bounds`."""
+    lookback, horizon = fit.beta.shape[0] - 1, fit.beta.shape[1]
+    starts = window_starts(bounds, lookback, horizon)
+    table = fit.table()
+    sums = [ErrorSums(horizon, s) for s in scales]
+    for series in range(data.n_series):
+        phase = day_phases(data, series, len(table)) if table is not None else None
+        for i in range(0, len(starts), 2000):
+            batch = starts[i : i + 2000]
+            xt, m, s, y, _ = _norm_windows(data.values[series], batch, lookback, horizon, floor)
+            norm = xt @ fit.beta  # [N, C, H]
+            if table is not None and phase is not None:
+                norm = norm + table[phase[batch + lookback - 1]].transpose(0, 2, 1)
+            pred = (s * norm + m).transpose(0, 2, 1)
+            for e in sums:
+                e.add(pred, y.transpose(0, 2, 1))
+    return [e.result() for e in sums]
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearFit:
+    """The linear path in closed form: beta [L + 1, H] (W transposed, b as its last row), the
+    ridge strength, the val MSE, and the daily cycle Q [P, C] (None without one)."""
+
+    beta: np.ndarray
+    ridge: float
+    val_mse: float
+    cycle: np.ndarray | None = None
+
+    def table(self) -> np.ndarray | None:
+        """The cycle's part of the normalised forecast for each origin phase [P, H, C]."""
+        if self.cycle is None:
+            return None
+        w = torch.from_numpy(np.ascontiguousarray(self.beta[:-1].T))
+        return cycle_table(torch.from_numpy(self.cycle), w).numpy()
+
+
+def day_phases(data: SeriesData, series: int, period: int) -> np.ndarray:
+    """Each row's phase of the day [T] from the calendar covariates (as the model reads it)."""
+    if data.covariate_names[:2] != ("hour_sin", "hour_cos"):
+        raise ValueError("a daily cycle needs the calendar covariates (hour_sin, hour_cos first)")
+    return cycle_phase(torch.from_numpy(data.covariates[series]), period).numpy()
+
+
+def fit_linear(
+    data: SeriesData, splits: Splits, lookback: int, horizon: int, cycle: int = 0
+) -> LinearFit:
+    """The linear path alone with `--linear-norm window` (RLinear) in closed form: W [H, L] and
+    b [H], shared by the channels, minimise the training MSE in the model's scaled units over every
+    fully observed training window (a window's error is its std over the channel's scale times
+    the normalised one: weighted least squares), the ridge strength chosen by validation MSE.
+
+    cycle P > 0 adds the daily cycle Q [P, C] (forecast/cycle.py; CycleNet's, fitted jointly with
+    W): the objective is then bilinear, so it is minimised alternately, W by least squares for a
+    given Q and Q by least squares for a given W, each step exact, so the loss never rises. Both
+    steps need only sums over the windows grouped by origin phase and channel, gathered in one
+    pass over the training windows."""
+    scale, floor = model_scale(data, splits.train)
+    k, c = lookback + 1, len(data.channels)
+    p = max(cycle, 1)
+    gram, cross = np.zeros((k, k)), np.zeros((k, horizon))
+    # Per origin phase and channel: the weights, weighted inputs and weighted targets.
+    nw, x1, y1 = np.zeros((p, c)), np.zeros((p, c, k)), np.zeros((p, c, horizon))
+    starts = window_starts(splits.train, lookback, horizon)
+    for series in range(data.n_series):
+        phase = day_phases(data, series, cycle) if cycle else None
+        for i in range(0, len(starts), 2000):
+            batch = starts[i : i + 2000]
+            xt, m, s, y, ok = _norm_windows(data.values[series], batch, lookback, horizon, floor)
+            weight = np.where(ok, (s[..., 0] / scale) ** 2, 0.0)  # [N, C]
+            yn = np.where(ok[..., None], (y - m) / s, 0.0)
+            xw = xt * weight[..., None]
+            gram += xw.reshape(-1, k).T @ xt.reshape(-1, k)
+            cross += xw.reshape(-1, k).T @ yn.reshape(-1, horizon)
+            if phase is not None:
+                at = phase[batch + lookback - 1]
+                np.add.at(nw, at, weight)
+                np.add.at(x1, at, xw)
+                np.add.at(y1, at, yn * weight[..., None])
+    best: LinearFit | None = None
+    for lam in RIDGE_LAMBDAS:
+        reg = lam * np.trace(gram) / k * np.eye(k)
+        # The bias is not shrunk.
+        reg[-1, -1] = 0.0
+        q = np.zeros((cycle, c)) if cycle else None
+        for _ in range(CYCLE_ROUNDS if cycle else 1):
+            g, r = (gram, cross) if q is None else _decycled(gram, cross, nw, x1, y1, q, horizon)
+            beta = np.linalg.solve(g + reg, r)
+            if q is not None:
+                q = _fit_cycle(beta, nw, x1, y1)
+        fit = LinearFit(beta, lam, math.nan, q)
+        (val,) = score_linear_fit(data, splits.val, fit, floor, [scale])
+        if best is None or val.mse < best.val_mse:
+            best = dataclasses.replace(fit, val_mse=val.mse)
+    assert best is not None
+    return best
+
+
+# Alternating rounds of the cycle fit (W given Q, then Q given W).
+CYCLE_ROUNDS = 8
+
+
+def _cycle_index(period: int, lookback: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Phases of the window's L positions [P, L] and the H forecast steps [P, H] per origin."""
+    origin = np.arange(period)[:, None]
+    return (origin - lookback + 1 + np.arange(lookback)) % period, (
+        origin + 1 + np.arange(horizon)
+    ) % period
+
+
+def _decycled(
+    gram: np.ndarray,
+    cross: np.ndarray,
+    nw: np.ndarray,
+    x1: np.ndarray,
+    y1: np.ndarray,
+    q: np.ndarray,
+    horizon: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The normal equations of W on the windows with the cycle taken out (inputs x - Q_in, the
+    bias column untouched; targets y - Q_out), from the sums: no second pass over the data."""
+    period, lookback = q.shape[0], gram.shape[0] - 1
+    idx_in, idx_out = _cycle_index(period, lookback, horizon)
+    q_in = np.concatenate([q[idx_in].transpose(0, 2, 1), np.zeros((*nw.shape, 1))], axis=-1)
+    q_out = q[idx_out].transpose(0, 2, 1)  # [P, C, H]
+    xq = np.einsum("pck,pcj->kj", x1, q_in)
+    g = gram - xq - xq.T + np.einsum("pc,pck,pcj->kj", nw, q_in, q_in)
+    r = (
+        cross
+        - np.einsum("pck,pch->kh", x1, q_out)
+        - np.einsum("pck,pch->kh", q_in, y1)
+        + np.einsum("pc,pck,pch->kh", nw, q_in, q_out)
+    )
+    return g, r
+
+
+def _fit_cycle(beta: np.ndarray, nw: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+    """The cycle Q [P, C] minimising the weighted loss for a given map: a window at origin phase p
+    leaves the residual y - W x - b, which the cycle explains as A_p Q = Q_out(p) - W Q_in(p)."""
+    period, c = nw.shape
+    lookback, horizon = beta.shape[0] - 1, beta.shape[1]
+    idx_in, idx_out = _cycle_index(period, lookback, horizon)
+    w = beta[:-1].T  # [H, L]
+    a = np.zeros((period, horizon, period))
+    for p in range(period):
+        a[p, np.arange(horizon), idx_out[p]] += 1.0
+        np.add.at(a[p].T, idx_in[p], -w.T)
+    resid = y1 - np.einsum("pck,kh->pch", x1, beta)  # summed weighted residuals [P, C, H]
+    ata = a.transpose(0, 2, 1) @ a  # [P, P, P]
+    rhs = np.einsum("phq,pch->cq", a, resid, optimize=True)
+    q = np.zeros((period, c))
+    for ch in range(c):
+        g = np.einsum("p,pqr->qr", nw[:, ch], ata)
+        q[:, ch] = np.linalg.solve(g + 1e-9 * np.trace(g) / period * np.eye(period), rhs[ch])
+    return q
+
+
+def model_scale(data: SeriesData, train: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's scaler (fit_scaler: population std of the observed train rows) [C] and the
+    linear path's variance floor in data units [C]."""
+    rows = data.values[:, train[0] : train[1]].astype(np.float64)
+    scale = np.nanstd(rows.reshape(-1, rows.shape[-1]), axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return scale, VAR_FLOOR * scale**2
+
+
+def set_linear_path(model: Forecaster, fit: LinearFit) -> None:
+    """Set the model's linear path (and its cycle) to the fit; with a zero head the model then
+    forecasts what the fit does."""
+    linear = model.linear
+    if linear is None or not linear.window_norm or linear.length != fit.beta.shape[0] - 1:
+        raise ValueError(
+            "the closed-form start needs the linear path with linear_norm 'window' and "
+            f"linear_lookback {fit.beta.shape[0] - 1}"
+        )
+    if (linear.cycle is None) != (fit.cycle is None) or (
+        fit.cycle is not None and linear.cycle is not None and linear.cycle.shape != fit.cycle.shape
+    ):
+        raise ValueError("the fit's daily cycle does not match the model's cycle_length")
+    weight = linear.proj.weight
+    with torch.no_grad():
+        weight.copy_(torch.from_numpy(fit.beta[:-1].T).to(weight))
+        linear.proj.bias.copy_(torch.from_numpy(fit.beta[-1]).to(weight))
+        if linear.cycle is not None and fit.cycle is not None:
+            linear.cycle.copy_(torch.from_numpy(fit.cycle).to(weight))
