@@ -161,14 +161,14 @@ def init_linear_ridge(
 ) -> float:
     """Set the model's linear path (and its daily cycle, with cfg.cycle_length) to the
     closed-form fit (pipelines/linear_fit.py): read from ridge_dir when a fit of this dataset, H,
-    L and cycle is there, else fitted here. -> the fit's ridge strength."""
-    if model.linear is None or cfg.linear_norm != "window" or model.linear.length != cfg.lookback:
-        raise ValueError("--linear-init ridge needs the linear path at the lookback, window norm")
-    period = cfg.cycle_length
+    linear path length and cycle is there, else fitted here. -> the fit's ridge strength. The
+    linear path may be shorter than the lookback (--linear-lookback): the backbone then sees more
+    history than the fit."""
+    if model.linear is None or cfg.linear_norm != "window":
+        raise ValueError("--linear-init ridge needs the linear path with window norm")
+    period, length = cfg.cycle_length, model.linear.length
     saved = (
-        ridge_file(Path(ridge_dir), data.name, cfg.lookback, cfg.horizon, period)
-        if ridge_dir
-        else None
+        ridge_file(Path(ridge_dir), data.name, length, cfg.horizon, period) if ridge_dir else None
     )
     if saved is not None and saved.exists():
         tensors = load_file(str(saved))
@@ -177,7 +177,7 @@ def init_linear_ridge(
         print(f"  linear path from {saved} (ridge {fit.ridge:g})", flush=True)
     else:
         splits = protocol_splits(data.name, data.n_steps)
-        fit = fit_linear(data, splits, cfg.lookback, cfg.horizon, period)
+        fit = fit_linear(data, splits, length, cfg.horizon, period)
         print(f"  linear path fitted here (ridge {fit.ridge:g}; no saved fit)", flush=True)
     set_linear_path(model, fit)
     return fit.ridge

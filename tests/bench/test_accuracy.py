@@ -56,12 +56,16 @@ def config(path: Path, **kw: object) -> TrainConfig:
     return TrainConfig(**base)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("cycle", [0, 24])
-def test_a_model_started_at_the_fit_forecasts_what_the_fit_does(toy_csv: Path, cycle: int) -> None:
+@pytest.mark.parametrize(("cycle", "lookback"), [(0, LOOKBACK), (24, LOOKBACK), (24, 2 * LOOKBACK)])
+def test_a_model_started_at_the_fit_forecasts_what_the_fit_does(
+    toy_csv: Path, cycle: int, lookback: int
+) -> None:
+    """Also with a lookback longer than the linear path: the backbone's window, not the fit's
+    (the val windows' targets are the same rows either way)."""
     data = read_dataset(toy_csv, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
     fit = fit_linear(data, splits, LOOKBACK, HORIZON, cycle)
-    cfg = config(toy_csv, cycle_length=cycle)
+    cfg = config(toy_csv, cycle_length=cycle, lookback=lookback, linear_lookback=LOOKBACK)
     torch.manual_seed(0)
     model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
     model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))
