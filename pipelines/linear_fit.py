@@ -139,22 +139,36 @@ def fit_linear(
                 np.add.at(nw, at, weight)
                 np.add.at(x1, at, xw)
                 np.add.at(y1, at, yn * weight[..., None])
+    if not gram[-1, -1] > 0:  # the bias column's entry: the windows' total weight
+        raise ValueError(
+            f"the closed-form fit needs a fully observed training window ({lookback} + "
+            f"{horizon} rows with no missing value in a channel); there is none"
+        )
     best: LinearFit | None = None
     for lam in RIDGE_LAMBDAS:
         reg = lam * np.trace(gram) / k * np.eye(k)
         # The bias is not shrunk.
         reg[-1, -1] = 0.0
         q = np.zeros((cycle, c)) if cycle else None
-        for _ in range(CYCLE_ROUNDS if cycle else 1):
-            g, r = (gram, cross) if q is None else _decycled(gram, cross, nw, x1, y1, q, horizon)
-            beta = np.linalg.solve(g + reg, r)
-            if q is not None:
-                q = _fit_cycle(beta, nw, x1, y1)
+        try:
+            for _ in range(CYCLE_ROUNDS if cycle else 1):
+                g, r = (
+                    (gram, cross) if q is None else _decycled(gram, cross, nw, x1, y1, q, horizon)
+                )
+                beta = np.linalg.solve(g + reg, r)
+                if q is not None:
+                    q = _fit_cycle(beta, nw, x1, y1)
+        except np.linalg.LinAlgError:
+            continue  # singular at this strength (e.g. constant windows); a stronger one follows
         fit = LinearFit(beta, lam, math.nan, q)
         (val,) = score_linear_fit(data, splits.val, fit, floor, [scale])
-        if best is None or val.mse < best.val_mse:
+        if math.isfinite(val.mse) and (best is None or val.mse < best.val_mse):
             best = dataclasses.replace(fit, val_mse=val.mse)
-    assert best is not None
+    if best is None:
+        raise ValueError(
+            "the closed-form fit has no solution with a finite validation error at any ridge "
+            f"strength {RIDGE_LAMBDAS}: too few observed windows, or none in the val split"
+        )
     return best
 
 

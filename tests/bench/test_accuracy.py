@@ -129,3 +129,15 @@ def test_the_daily_cycle_fit_explains_a_daily_cycle(toy_csv: Path) -> None:
     hours = np.arange(24)
     profile = cyc.cycle[:, 0] - cyc.cycle[:, 0].mean()
     assert abs(np.corrcoef(profile, np.sin(2 * np.pi * hours / 24))[0, 1]) > 0.9
+
+
+def test_no_fully_observed_window_is_a_clear_error(toy_csv: Path, tmp_path: Path) -> None:
+    """Every 10th row missing: no window of 16 + 8 rows is fully observed, so there is nothing
+    to fit; a clear error, not a singular solve."""
+    lines = toy_csv.read_text().splitlines()
+    holed = [line if i % 10 else line.split(",")[0] + ",," for i, line in enumerate(lines[1:])]
+    path = tmp_path / "toy.csv"
+    path.write_text("\n".join([lines[0], *holed]) + "\n")
+    data = read_dataset(path, DataConfig())
+    with pytest.raises(ValueError, match="fully observed training window"):
+        _fit(data, 24)
