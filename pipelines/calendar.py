@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CALENDAR_FEATURES", "calendar_features"]
+__all__ = ["CALENDAR_FEATURES", "calendar_features", "has_time_of_day"]
 
 CALENDAR_FEATURES = ("hour_sin", "hour_cos", "dow_sin", "dow_cos", "doy_sin", "doy_cos")
+
+
+def has_time_of_day(covariate_names: tuple[str, ...]) -> bool:
+    """Whether the first two covariates are the time of day's sine and cosine, where a model's
+    daily cycle reads its phase (forecast/cycle.py)."""
+    return covariate_names[:2] == CALENDAR_FEATURES[:2]
 
 
 def calendar_features(timestamps: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 from forecast.adaptive_norm import VAR_FLOOR
 from forecast.cycle import cycle_phase, cycle_table
 from forecast.model import Forecaster
+from pipelines.calendar import has_time_of_day
 from pipelines.data import SeriesData
 from pipelines.protocol import ErrorSums, EvalResult, Splits, window_starts
 
@@ -99,7 +100,7 @@ class LinearFit:
 
 def day_phases(data: SeriesData, series: int, period: int) -> np.ndarray:
     """Each row's phase of the day [T] from the calendar covariates (as the model reads it)."""
-    if data.covariate_names[:2] != ("hour_sin", "hour_cos"):
+    if not has_time_of_day(data.covariate_names):
         raise ValueError("a daily cycle needs the calendar covariates (hour_sin, hour_cos first)")
     return cycle_phase(torch.from_numpy(data.covariates[series]), period).numpy()
 
@@ -249,9 +250,8 @@ def set_linear_path(model: Forecaster, fit: LinearFit) -> None:
             "the closed-form start needs the linear path with linear_norm 'window' and "
             f"linear_lookback {fit.beta.shape[0] - 1}"
         )
-    if (linear.cycle is None) != (fit.cycle is None) or (
-        fit.cycle is not None and linear.cycle is not None and linear.cycle.shape != fit.cycle.shape
-    ):
+    shape = None if linear.cycle is None else tuple(linear.cycle.shape)
+    if shape != (None if fit.cycle is None else fit.cycle.shape):
         raise ValueError("the fit's daily cycle does not match the model's cycle_length")
     weight = linear.proj.weight
     with torch.no_grad():

@@ -32,6 +32,7 @@ from forecast import build_model
 from forecast.artifact import save_forecaster
 from forecast.model import Forecaster
 from pipelines import settings
+from pipelines.calendar import has_time_of_day
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model
@@ -77,7 +78,7 @@ def train(
     data_cfg = data_cfg or DataConfig()
     data = read_dataset(cfg.data, data_cfg)
     splits = protocol_splits(data.name, data.n_steps, data_cfg.split)
-    if cfg.cycle_length and data.covariate_names[:2] != ("hour_sin", "hour_cos"):
+    if cfg.cycle_length and not has_time_of_day(data.covariate_names):
         raise ValueError(
             "--cycle-length reads the time of day from the calendar covariates; "
             "this data has none (DataConfig.calendar is off)"
