@@ -250,6 +250,15 @@ def _markers(bootstrap: str, changelog: str, partitions: int) -> dict[int, int]:
     return out
 
 
+def _log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The processor's warnings and errors, with their times: what a timing failure needs."""
+    return [
+        f"{r.relativeCreated / 1000:.1f}s {r.levelname} {r.getMessage()[:160]}"
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
+    ]
+
+
 def _set_max_message_bytes(admin: KafkaAdminClient, topic: str, value: int) -> None:
     resource = ConfigResource(
         ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(value)}
@@ -316,9 +325,16 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
             time.sleep(0.2)
         # The failure window: committed offsets, markers and visible forecasts must not move
         # (what was committed before the first refusal is read first).
+        # At least 8 s, and until the refusal has been retried twice: how soon a retry comes is
+        # up to the machine (an abort the broker is slow to answer reopens the clients), so the
+        # window waits for retries, bounded, instead of counting them in a fixed time.
         tail.drain(1.0)
         t_fail = time.monotonic()
-        while time.monotonic() - t_fail < 8.0:
+        while time.monotonic() - t_fail < 8.0 or proc.metrics.checkpoint_failures < 3:
+            assert time.monotonic() - t_fail < 90, (
+                f"the refused checkpoint was not retried: {proc.metrics.checkpoint_failures} "
+                f"refusals in 90 s; log: {_log_lines(caplog)}"
+            )
             held.append(
                 (
                     _committed(admin, group, topic),
@@ -328,6 +344,7 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
             )
             time.sleep(0.5)
         failures_while_down = proc.metrics.checkpoint_failures
+        window_s = time.monotonic() - t_fail
         exported = render_prometheus({"0": proc.metrics.snapshot()})
         _set_max_message_bytes(admin, cfg.changelog, 1048588)
         t_heal = time.monotonic()
@@ -352,17 +369,17 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
     first_c, first_k, _ = held[0]
     ahead = {p: first_c[p] - first_k.get(p, 0) for p in first_c}
     print(
-        f"{failures_while_down} refused checkpoints in {len(held)} samples over 8 s; committed "
-        f"{first_c}, markers {first_k} (committed ahead of marker by {ahead} records of one "
-        f"interval); forecasts visible {sorted(visible)}; healed in {healed_s:.1f} s; "
+        f"{failures_while_down} refused checkpoints in {len(held)} samples over {window_s:.1f} s; "
+        f"committed {first_c}, markers {first_k} (committed ahead of marker by {ahead} records "
+        f"of one interval); forecasts visible {sorted(visible)}; healed in {healed_s:.1f} s; "
         f"final committed {final_committed}, markers {final_markers}; {acc.summary}"
     )
     held_ok = len(commits) == len(markers) == len(visible) == 1
     reliability(
         Trial(
             area="fault",
-            what=f"changelog topic refuses checkpoints (max.message.bytes={limit}) for 8 s "
-            "under load, then healed",
+            what=f"changelog topic refuses checkpoints (max.message.bytes={limit}) for "
+            f"{window_s:.0f} s under load, then healed",
             times=failures_while_down,
             events=len(docs),
             lost=acc.lost,
@@ -386,8 +403,9 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
     assert all(first_c[p] >= first_k[p] for p in first_c), (first_c, first_k)
     assert final_markers == final_committed, (final_markers, final_committed)
     assert sum(final_committed.values()) == len(docs)
-    # Backed off, not spinning: 0.5, 1, 2, 2, 2 s ... gives about 5 tries in 8 s.
-    assert 2 <= failures_while_down <= 12, failures_while_down
+    # Backed off, not spinning: waits of 0.5, 1, 2, 2, 2 s ... allow at most about 4 + window/2
+    # tries (the first refusal came before the window); a spinning retry would give hundreds.
+    assert 3 <= failures_while_down <= 4 + window_s / 2, (window_s, _log_lines(caplog))
     assert line in exported, exported
     assert any("checkpoint failed" in r.getMessage() for r in errors), [
         r.getMessage() for r in errors
