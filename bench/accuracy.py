@@ -34,6 +34,7 @@ import argparse
 import concurrent.futures
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -64,6 +65,7 @@ from pipelines.linear_fit import (
     set_linear_path,
 )
 from pipelines.protocol import ErrorSums, EvalResult, protocol_splits, window_starts
+from pipelines.shrink import choose_backbone_weight
 
 ROOT = Path(__file__).resolve().parents[1]
 # Best published MSE from ../shared/data/README.md: (at lookback 96, at any lookback).
@@ -229,29 +231,53 @@ def run_one(
     train_s = time.perf_counter() - start
     assert best_state is not None
     model.load_state_dict(best_state)
+    unshrunk, weight, tried = best, 1.0, dict[float, float]()
+    plain = copy.deepcopy(model) if cfg.backbone_shrink else None
+    if cfg.backbone_shrink:
+        weight, best, tried = choose_backbone_weight(
+            [model], lambda: validate(model, data.values, data.covariates, splits.val, cfg, device)
+        )
+        print(f"  {tag} backbone weight {weight:g}: val {best:.4f} (unshrunk {unshrunk:.4f})")
     if save_dir:
         # Saved before scoring, so a run cut while scoring still joins its seed ensemble.
         name = f"{label}_{data.name}_H{cfg.horizon}_L{cfg.lookback}_s{cfg.seed}"
         folder = Path(save_dir)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.cpu().contiguous() for k, v in best_state.items()}, folder / f"{name}.st")
+        # The weights before the shrink: a seed ensemble chooses its own weight.
         meta = {
             "label": label,
-            "val_mse": best,
+            "val_mse": unshrunk,
             "config": dataclasses.asdict(cfg),
             "linear_init": linear_init,
         }
         (folder / f"{name}.json").write_text(json.dumps(meta))
     row = score(model, data, path, cfg, best, scores)
+    row.update(unshrunk_test(plain, weight, data, path, cfg))
     row.update(
         variant=label,
         linear_init=linear_init,
+        val_mse_unshrunk=unshrunk,
+        backbone_weight=weight,
+        shrink_val_mse={str(w): v for w, v in tried.items()},
         best_epoch=best_epoch,
         epochs=epochs,
         train_seconds=round(train_s, 1),
         device=torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
     )
     return row
+
+
+def unshrunk_test(
+    plain: Forecaster | None, weight: float, data: SeriesData, path: Path, cfg: TrainConfig
+) -> dict[str, float | None]:
+    """What the shrink did to test (reported beside the chosen model, never used to choose it):
+    the test MSE of the model before the shrink, protocol scale, windows only."""
+    if plain is None or weight == 1.0:
+        return {"test_mse_protocol_unshrunk": None}
+    proto = protocol_scale(path, protocol_splits(data.name, data.n_steps).train)
+    result = score_windows(plain, data, cfg.lookback, cfg.horizon, [proto])[0]
+    return {"test_mse_protocol_unshrunk": result.mse}
 
 
 def ridge_file(folder: Path, name: str, lookback: int, horizon: int, cycle: int = 0) -> Path:
@@ -357,12 +383,25 @@ def ensembles(folder: Path, device: str, scores: str = "all") -> list[dict[str, 
         ens = typing.cast(Forecaster, MeanEnsemble(models))
         splits = protocol_splits(data.name, data.n_steps)
         val = validate(ens, data.values, data.covariates, splits.val, cfg, device)
+        unshrunk, weight, tried = val, 1.0, dict[float, float]()
+        plain = copy.deepcopy(ens) if cfg.backbone_shrink else None
+        if cfg.backbone_shrink:
+            weight, val, tried = choose_backbone_weight(
+                models,
+                functools.partial(
+                    validate, ens, data.values, data.covariates, splits.val, cfg, device
+                ),
+            )
         row = score(ens, data, path, cfg, val, scores)
+        row.update(unshrunk_test(plain, weight, data, path, cfg))
         seeds = [c.seed for c in cfgs]
         row.update(
             variant=f"{members[0][0]['label']} ens{len(models)}",
             seeds=seeds,
             member_val_mse=[m["val_mse"] for m, _ in members],
+            val_mse_unshrunk=unshrunk,
+            backbone_weight=weight,
+            shrink_val_mse={str(w): v for w, v in tried.items()},
             epochs=0,
             train_seconds=0.0,
         )
@@ -403,6 +442,12 @@ def method_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cycle", type=int, default=0, help="steps in the daily cycle (0: none)")
     p.add_argument(
+        "--shrink",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="scale the backbone's part of the forecast by the weight best on val",
+    )
+    p.add_argument(
         "--linear-init",
         default="zero",
         choices=["zero", "ridge"],
@@ -441,6 +486,7 @@ def train_config(args: argparse.Namespace, data: str, lookback: int, horizon: in
         d_state=args.d_state,
         seed=args.seed,
         cycle_length=args.cycle,
+        backbone_shrink=args.shrink,
     )
 
 

@@ -109,6 +109,10 @@ class TrainConfig:
     # learning what the fit leaves; the start is validated too, so training keeps it unless an
     # epoch beats it on validation.
     linear_init: str = "zero"
+    # After training, scale the backbone's part of the median forecast by the weight in
+    # pipelines/shrink.py SHRINK_WEIGHTS (1 .. 0) with the best validation MSE: a mix of the
+    # trained model and its linear path (with linear_init "fit": of the model and the fit).
+    backbone_shrink: bool = False
     # Where the loss is taken: "origin" (the last position of each window: what is scored) or
     # "all" (every position of the lookback forecasts its next `horizon` rows).
     loss_positions: str = "origin"

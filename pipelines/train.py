@@ -36,11 +36,13 @@ from pipelines.calendar import has_time_of_day
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model
+from pipelines.fit import validate
 from pipelines.linear_fit import fit_linear, set_linear_path
 from pipelines.plots import plot_forecast
 from pipelines.progress import TrainProgress
 from pipelines.protocol import protocol_splits, window_starts
 from pipelines.pyfunc import ForecasterPyfunc, forecast_frame
+from pipelines.shrink import choose_backbone_weight
 from pipelines.tracking import TrackingUnavailableError
 
 __all__ = ["TrainResult", "register_model", "train"]
@@ -165,6 +167,13 @@ def train(
             )
         best_val = float(metrics.get("best_val_mse", np.nan))
         epochs = int(metrics.get("epoch", -1)) + 1
+        if cfg.backbone_shrink:
+            # On the driver, after training: a few validation passes of the kept model.
+            weight, best_val, tried = choose_backbone_weight(
+                [model], lambda: validate(model, data.values, data.covariates, splits.val, cfg)
+            )
+            mlflow.log_params({"backbone_weight": weight})
+            mlflow.log_metric("val_mse_unshrunk", tried[1.0])
 
         test = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test", data_cfg.split)
         mlflow.log_metrics({"test_mse": test.mse, "test_mae": test.mae, "best_val_mse": best_val})

@@ -125,6 +125,7 @@ def _train(args: argparse.Namespace) -> int:
         channel_independent=args.channel_independent,
         cycle_length=args.cycle_length,
         linear_init=args.linear_init,
+        backbone_shrink=args.shrink_backbone,
         point_loss=args.point_loss,
         mse_weight=args.mse_weight,
         workers=args.workers,
@@ -389,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["zero", "fit"],
         help="fit: the linear path starts at its closed-form fit (needs --linear-norm window; "
         "best with --zero-head), validated as a candidate",
+    )
+    tr.add_argument(
+        "--shrink-backbone",
+        action="store_true",
+        help="after training, scale the backbone's part of the forecast by the weight in "
+        "1, 0.75, .., 0 best on validation (toward the linear path; with --linear-init fit)",
     )
     tr.add_argument(
         "--cycle-length",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.accuracy import init_linear_ridge, ridge_linear, run_one
+from bench.accuracy import ensembles, init_linear_ridge, ridge_linear, run_one
 from forecast import build_model
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
@@ -107,6 +107,26 @@ def test_the_start_is_a_candidate_so_bad_training_cannot_lose_it(toy_csv: Path) 
     assert row["best_epoch"] == -1
     assert row["val_mse"] == pytest.approx(fit_val, rel=1e-5)
     assert row["epochs"] == 2
+
+
+def test_shrink_keeps_the_weight_best_on_val_for_runs_and_ensembles(
+    toy_csv: Path, tmp_path: Path
+) -> None:
+    """--shrink: the row reports the weight with the lowest of the tried val MSEs, never above
+    the unshrunk val; a seed ensemble of the saved (unshrunk) members chooses its own."""
+    for seed in (0, 1):
+        cfg = config(toy_csv, lr=3e-3, epochs=2, backbone_shrink=True, seed=seed)
+        row = run_one(
+            toy_csv, cfg, "cpu", "sh", str(tmp_path), scores="window", linear_init="ridge"
+        )
+        tried = row["shrink_val_mse"]
+        assert isinstance(tried, dict) and len(tried) == 5
+        assert row["val_mse"] == min(tried.values()) == tried[str(row["backbone_weight"])]
+        assert tried["1.0"] == row["val_mse_unshrunk"]
+        unshrunk_test = row["test_mse_protocol_unshrunk"]
+        assert (unshrunk_test is None) == (row["backbone_weight"] == 1.0)
+    (ens,) = ensembles(tmp_path, "cpu", scores="window")
+    assert ens["val_mse"] == min(ens["shrink_val_mse"].values()) <= ens["val_mse_unshrunk"]
 
 
 def test_ridge_init_needs_the_window_normalised_linear_path(toy_csv: Path) -> None:

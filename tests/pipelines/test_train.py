@@ -46,6 +46,7 @@ def _config(data: Path, epochs: int) -> TrainConfig:
         zero_head=True,
         linear_init="fit",
         cycle_length=24,
+        backbone_shrink=True,
         experiment="test-train",
         register="etth1-slice",
         run_name="slice-run",
@@ -67,6 +68,9 @@ def test_run_is_tracked(trained: TrainResult, store: Path) -> None:
     # The fitted start was a candidate, and no epoch beat it: the kept model is the fit
     # (float32 model against the float64 fit).
     assert trained.best_val_mse == pytest.approx(run.data.metrics["linear_fit_val_mse"], rel=1e-5)
+    # Its head is zero, so every shrink weight ties and the model is kept as it is.
+    assert run.data.params["backbone_weight"] == "1.0"
+    assert run.data.metrics["val_mse_unshrunk"] == pytest.approx(trained.best_val_mse, rel=1e-6)
     epochs = client.get_metric_history(trained.run_id, "val_mse")
     assert not any(m.value < trained.best_val_mse for m in epochs)  # NaN or worse, every one
     for name in ("train_loss", "val_mse"):
