@@ -76,7 +76,8 @@ def test_train_passes_the_recipe_options(monkeypatch: pytest.MonkeyPatch) -> Non
     options = (
         "train --data x.csv --lr-schedule cosine --warmup-epochs 0.5 --linear-lr 5e-3 "
         "--linear-norm window --zero-head --dropout 0.1 --point-loss mse --mse-weight 2 "
-        "--weight-decay 0.05 --channel-independent"
+        "--weight-decay 0.05 --channel-independent --linear-init fit --cycle-length 24 "
+        "--shrink-backbone"
     )
     args = build_parser().parse_args(options.split())
     assert args.fn(args) == 0
@@ -85,3 +86,4 @@ def test_train_passes_the_recipe_options(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (cfg.linear_norm, cfg.zero_head, cfg.dropout) == ("window", True, 0.1)
     assert (cfg.point_loss, cfg.mse_weight, cfg.weight_decay) == ("mse", 2.0, 0.05)
     assert cfg.channel_independent
+    assert (cfg.linear_init, cfg.cycle_length, cfg.backbone_shrink) == ("fit", 24, True)
