@@ -79,9 +79,11 @@ PUBLISHED = {
 }
 
 
+@functools.lru_cache(maxsize=8)
 def protocol_scale(path: Path, train: tuple[int, int]) -> np.ndarray:
     """The standard protocol's per-channel scale [C]: population std of the raw train rows,
-    missing-value sentinels left in (as published code fits its StandardScaler)."""
+    missing-value sentinels left in (as published code fits its StandardScaler). Cached: `score`
+    and `shrink` both need it, and it reads the whole file; callers only divide by it."""
     raw = read_dataset(path, DataConfig(missing_values=())).values[:, train[0] : train[1]]
     return np.nanstd(raw.reshape(-1, raw.shape[-1]).astype(np.float64), axis=0)
 
@@ -231,12 +233,18 @@ def run_one(
     train_s = time.perf_counter() - start
     assert best_state is not None
     model.load_state_dict(best_state)
-    unshrunk, weight, tried = best, 1.0, dict[float, float]()
-    plain = copy.deepcopy(model) if cfg.backbone_shrink else None
+    best, shrunk = shrink(
+        [model],
+        model,
+        best,
+        lambda: validate(model, data.values, data.covariates, splits.val, cfg, device),
+        data,
+        path,
+        cfg,
+    )
+    unshrunk = shrunk["val_mse_unshrunk"]
     if cfg.backbone_shrink:
-        weight, best, tried = choose_backbone_weight(
-            [model], lambda: validate(model, data.values, data.covariates, splits.val, cfg, device)
-        )
+        weight = shrunk["backbone_weight"]
         print(f"  {tag} backbone weight {weight:g}: val {best:.4f} (unshrunk {unshrunk:.4f})")
     if save_dir:
         # Saved before scoring, so a run cut while scoring still joins its seed ensemble.
@@ -253,13 +261,10 @@ def run_one(
         }
         (folder / f"{name}.json").write_text(json.dumps(meta))
     row = score(model, data, path, cfg, best, scores)
-    row.update(unshrunk_test(plain, weight, data, path, cfg))
+    row.update(shrunk)
     row.update(
         variant=label,
         linear_init=linear_init,
-        val_mse_unshrunk=unshrunk,
-        backbone_weight=weight,
-        shrink_val_mse={str(w): v for w, v in tried.items()},
         best_epoch=best_epoch,
         epochs=epochs,
         train_seconds=round(train_s, 1),
@@ -268,16 +273,36 @@ def run_one(
     return row
 
 
-def unshrunk_test(
-    plain: Forecaster | None, weight: float, data: SeriesData, path: Path, cfg: TrainConfig
-) -> dict[str, float | None]:
-    """What the shrink did to test (reported beside the chosen model, never used to choose it):
-    the test MSE of the model before the shrink, protocol scale, windows only."""
-    if plain is None or weight == 1.0:
-        return {"test_mse_protocol_unshrunk": None}
-    proto = protocol_scale(path, protocol_splits(data.name, data.n_steps).train)
-    result = score_windows(plain, data, cfg.lookback, cfg.horizon, [proto])[0]
-    return {"test_mse_protocol_unshrunk": result.mse}
+def shrink(
+    models: list[Forecaster],
+    scored: Forecaster,
+    val: float,
+    val_mse: typing.Callable[[], float],
+    data: SeriesData,
+    path: Path,
+    cfg: TrainConfig,
+) -> tuple[float, dict[str, Any]]:
+    """With cfg.backbone_shrink, the weight of `models`' backbone part best on `val_mse()`
+    (pipelines/shrink.py; `scored` is what they forecast as, a model or their ensemble), left in
+    place. -> (the val MSE kept, the row's shrink fields). The fields include what the shrink did
+    to test, reported beside the chosen model and never used to choose it: the test MSE before
+    the shrink (protocol scale, windows only; None where the weight stays 1)."""
+    fields: dict[str, Any] = {
+        "val_mse_unshrunk": val,
+        "backbone_weight": 1.0,
+        "shrink_val_mse": {},
+        "test_mse_protocol_unshrunk": None,
+    }
+    if not cfg.backbone_shrink:
+        return val, fields
+    plain = copy.deepcopy(scored)
+    weight, best, tried = choose_backbone_weight(models, val_mse)
+    fields.update(backbone_weight=weight, shrink_val_mse={str(w): v for w, v in tried.items()})
+    if weight != 1.0:
+        proto = protocol_scale(path, protocol_splits(data.name, data.n_steps).train)
+        result = score_windows(plain, data, cfg.lookback, cfg.horizon, [proto])[0]
+        fields["test_mse_protocol_unshrunk"] = result.mse
+    return best, fields
 
 
 def ridge_file(folder: Path, name: str, lookback: int, horizon: int, cycle: int = 0) -> Path:
@@ -382,26 +407,17 @@ def ensembles(folder: Path, device: str, scores: str = "all") -> list[dict[str, 
             models.append(model.to(device).eval())
         ens = typing.cast(Forecaster, MeanEnsemble(models))
         splits = protocol_splits(data.name, data.n_steps)
-        val = validate(ens, data.values, data.covariates, splits.val, cfg, device)
-        unshrunk, weight, tried = val, 1.0, dict[float, float]()
-        plain = copy.deepcopy(ens) if cfg.backbone_shrink else None
-        if cfg.backbone_shrink:
-            weight, val, tried = choose_backbone_weight(
-                models,
-                functools.partial(
-                    validate, ens, data.values, data.covariates, splits.val, cfg, device
-                ),
-            )
+        val_ens = functools.partial(
+            validate, ens, data.values, data.covariates, splits.val, cfg, device
+        )
+        val, shrunk = shrink(models, ens, val_ens(), val_ens, data, path, cfg)
         row = score(ens, data, path, cfg, val, scores)
-        row.update(unshrunk_test(plain, weight, data, path, cfg))
+        row.update(shrunk)
         seeds = [c.seed for c in cfgs]
         row.update(
             variant=f"{members[0][0]['label']} ens{len(models)}",
             seeds=seeds,
             member_val_mse=[m["val_mse"] for m, _ in members],
-            val_mse_unshrunk=unshrunk,
-            backbone_weight=weight,
-            shrink_val_mse={str(w): v for w, v in tried.items()},
             epochs=0,
             train_seconds=0.0,
         )
