@@ -58,9 +58,10 @@ from pipelines.evaluate import evaluate_model, model_predictor
 from pipelines.fit import make_optimizer, train_epoch, training_windows, validate
 from pipelines.linear_fit import (
     RIDGE_LAMBDAS,
-    LinearFit,
     fit_linear,
+    load_fit,
     model_scale,
+    save_fit,
     score_linear_fit,
     set_linear_path,
 )
@@ -175,9 +176,7 @@ def init_linear_ridge(
         ridge_file(Path(ridge_dir), data.name, length, cfg.horizon, period) if ridge_dir else None
     )
     if saved is not None and saved.exists():
-        tensors = load_file(str(saved))
-        cycle = tensors["cycle"].numpy() if "cycle" in tensors else None
-        fit = LinearFit(tensors["beta"].numpy(), float(tensors["ridge"]), math.nan, cycle)
+        fit = load_fit(saved)
         print(f"  linear path from {saved} (ridge {fit.ridge:g})", flush=True)
     else:
         splits = protocol_splits(data.name, data.n_steps)
@@ -321,13 +320,7 @@ def ridge_linear(
     fit = fit_linear(data, splits, lookback, horizon, cycle)
     if save_dir:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "beta": torch.from_numpy(fit.beta),
-            "ridge": torch.tensor(fit.ridge, dtype=torch.float64),
-        }
-        if fit.cycle is not None:
-            tensors["cycle"] = torch.from_numpy(fit.cycle)
-        save_file(tensors, ridge_file(Path(save_dir), data.name, lookback, horizon, cycle))
+        save_fit(fit, ridge_file(Path(save_dir), data.name, lookback, horizon, cycle))
     scale, floor = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
     test, test_p = score_linear_fit(data, splits.test, fit, floor, [scale, proto])

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from forecast.adaptive_norm import VAR_FLOOR
 from forecast.cycle import cycle_phase, cycle_table
@@ -27,7 +29,9 @@ __all__ = [
     "RIDGE_LAMBDAS",
     "LinearFit",
     "fit_linear",
+    "load_fit",
     "model_scale",
+    "save_fit",
     "score_linear_fit",
     "set_linear_path",
 ]
@@ -239,6 +243,24 @@ def model_scale(data: SeriesData, train: tuple[int, int]) -> tuple[np.ndarray, n
     scale = np.nanstd(rows.reshape(-1, rows.shape[-1]), axis=0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     return scale, VAR_FLOOR * scale**2
+
+
+def save_fit(fit: LinearFit, path: str | os.PathLike[str]) -> None:
+    """The fit as a safetensors file: beta, the ridge strength and the cycle (val MSE not kept)."""
+    tensors = {
+        "beta": torch.from_numpy(fit.beta),
+        "ridge": torch.tensor(fit.ridge, dtype=torch.float64),
+    }
+    if fit.cycle is not None:
+        tensors["cycle"] = torch.from_numpy(fit.cycle)
+    save_file(tensors, str(path))
+
+
+def load_fit(path: str | os.PathLike[str]) -> LinearFit:
+    """A fit saved by `save_fit` (its val MSE is NaN: not kept)."""
+    tensors = load_file(str(path))
+    cycle = tensors["cycle"].numpy() if "cycle" in tensors else None
+    return LinearFit(tensors["beta"].numpy(), float(tensors["ridge"]), math.nan, cycle)
 
 
 def set_linear_path(model: Forecaster, fit: LinearFit) -> None:
