@@ -186,9 +186,9 @@ class Forecaster(nn.Module):
             filled = torch.where(observed, z, m)
             if last_only:
                 m, sd = m[:, -1], sd[:, -1]
-            phase = self._phase(covariates)
-            if last_only and phase is not None:
-                phase = phase[:, -1]
+            # With last_only only the origin's phase is used: read only its covariates.
+            at = covariates[:, -1] if last_only and covariates is not None else covariates
+            phase = self._phase(at)
             offset, window = self.linear(filled, m, sd, window, last_only=last_only, phase=phase)
         y = self.head(self.drop(self.norm(h)), offset)
         if mean is not None and std is not None:
