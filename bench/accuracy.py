@@ -52,10 +52,16 @@ from torch import Tensor, nn
 
 from forecast import build_model
 from forecast.model import Forecaster
-from pipelines.config import DataConfig, TrainConfig
+from pipelines.config import SHRINK_GROUPS, DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model, model_predictor
-from pipelines.fit import make_optimizer, train_epoch, training_windows, validate
+from pipelines.fit import (
+    make_optimizer,
+    train_epoch,
+    training_windows,
+    validate,
+    validation_sums,
+)
 from pipelines.linear_fit import (
     RIDGE_LAMBDAS,
     fit_linear,
@@ -66,7 +72,7 @@ from pipelines.linear_fit import (
     set_linear_path,
 )
 from pipelines.protocol import ErrorSums, EvalResult, protocol_splits, window_starts
-from pipelines.shrink import choose_backbone_weight
+from pipelines.shrink import BackboneShrink
 
 ROOT = Path(__file__).resolve().parents[1]
 # Best published MSE from ../shared/data/README.md: (at lookback 96, at any lookback).
@@ -236,7 +242,7 @@ def run_one(
         [model],
         model,
         best,
-        lambda: validate(model, data.values, data.covariates, splits.val, cfg, device),
+        lambda: validation_sums(model, data.values, data.covariates, splits.val, cfg, device),
         data,
         path,
         cfg,
@@ -244,7 +250,7 @@ def run_one(
     unshrunk = shrunk["val_mse_unshrunk"]
     if cfg.backbone_shrink:
         weight = shrunk["backbone_weight"]
-        print(f"  {tag} backbone weight {weight:g}: val {best:.4f} (unshrunk {unshrunk:.4f})")
+        print(f"  {tag} backbone weight {weight}: val {best:.4f} (unshrunk {unshrunk:.4f})")
     if save_dir:
         # Saved before scoring, so a run cut while scoring still joins its seed ensemble.
         name = f"{label}_{data.name}_H{cfg.horizon}_L{cfg.lookback}_s{cfg.seed}"
@@ -276,32 +282,58 @@ def shrink(
     models: list[Forecaster],
     scored: Forecaster,
     val: float,
-    val_mse: typing.Callable[[], float],
+    val_sums: typing.Callable[[], ErrorSums],
     data: SeriesData,
     path: Path,
     cfg: TrainConfig,
 ) -> tuple[float, dict[str, Any]]:
-    """With cfg.backbone_shrink, the weight of `models`' backbone part best on `val_mse()`
-    (pipelines/shrink.py; `scored` is what they forecast as, a model or their ensemble), left in
-    place. -> (the val MSE kept, the row's shrink fields). The fields include what the shrink did
-    to test, reported beside the chosen model and never used to choose it: the test MSE before
-    the shrink (protocol scale, windows only; None where the weight stays 1)."""
+    """With cfg.backbone_shrink, the weights (cfg.shrink_groups) of `models`' backbone part best
+    on validation (pipelines/shrink.py; `scored` is what they forecast as, a model or their
+    ensemble), left in place. -> (the val MSE kept, the row's shrink fields). The fields include
+    what the shrink did to test, reported beside the chosen model and never used to choose it:
+    the test MSE before the shrink (None where nothing moved) and, for every grouping of
+    SHRINK_GROUPS, the val MSE, weights and test MSE it gives (protocol scale, windows only)."""
     fields: dict[str, Any] = {
         "val_mse_unshrunk": val,
         "backbone_weight": 1.0,
+        "shrink_groups": cfg.shrink_groups,
         "shrink_val_mse": {},
         "test_mse_protocol_unshrunk": None,
+        "shrink_by_groups": {},
     }
     if not cfg.backbone_shrink:
         return val, fields
-    plain = copy.deepcopy(scored)
-    weight, best, tried = choose_backbone_weight(models, val_mse)
-    fields.update(backbone_weight=weight, shrink_val_mse={str(w): v for w, v in tried.items()})
-    if weight != 1.0:
-        proto = protocol_scale(path, protocol_splits(data.name, data.n_steps).train)
-        result = score_windows(plain, data, cfg.lookback, cfg.horizon, [proto])[0]
-        fields["test_mse_protocol_unshrunk"] = result.mse
-    return best, fields
+    proto = protocol_scale(path, protocol_splits(data.name, data.n_steps).train)
+
+    def test_mse() -> float:
+        return score_windows(scored, data, cfg.lookback, cfg.horizon, [proto])[0].mse
+
+    backbone = BackboneShrink(models)
+    passes = backbone.passes(val_sums)
+    choices = {groups: backbone.choose(passes, groups) for groups in SHRINK_GROUPS}
+    moved = {groups: bool((c.table != 1.0).any()) for groups, c in choices.items()}
+    unshrunk = None
+    if any(moved.values()):
+        backbone.apply(1.0)
+        unshrunk = test_mse()
+    for groups, choice in choices.items():
+        test = unshrunk
+        if moved[groups]:
+            backbone.apply(backbone.rows(choice))
+            test = test_mse()
+        fields["shrink_by_groups"][groups] = {
+            "val_mse": choice.val_mse,
+            "weights": choice.summary(),
+            "test_mse_protocol": test,
+        }
+    chosen = choices[cfg.shrink_groups]
+    backbone.apply(backbone.rows(chosen))
+    fields.update(
+        backbone_weight=chosen.summary(),
+        shrink_val_mse={str(w): v for w, v in chosen.tried.items()},
+        test_mse_protocol_unshrunk=unshrunk if moved[cfg.shrink_groups] else None,
+    )
+    return chosen.val_mse, fields
 
 
 def ridge_file(folder: Path, name: str, lookback: int, horizon: int, cycle: int = 0) -> Path:
@@ -401,9 +433,9 @@ def ensembles(folder: Path, device: str, scores: str = "all") -> list[dict[str, 
         ens = typing.cast(Forecaster, MeanEnsemble(models))
         splits = protocol_splits(data.name, data.n_steps)
         val_ens = functools.partial(
-            validate, ens, data.values, data.covariates, splits.val, cfg, device
+            validation_sums, ens, data.values, data.covariates, splits.val, cfg, device
         )
-        val, shrunk = shrink(models, ens, val_ens(), val_ens, data, path, cfg)
+        val, shrunk = shrink(models, ens, val_ens().result().mse, val_ens, data, path, cfg)
         row = score(ens, data, path, cfg, val, scores)
         row.update(shrunk)
         seeds = [c.seed for c in cfgs]
@@ -457,6 +489,12 @@ def method_parser() -> argparse.ArgumentParser:
         help="scale the backbone's part of the forecast by the weight best on val",
     )
     p.add_argument(
+        "--shrink-groups",
+        default="model",
+        choices=list(SHRINK_GROUPS),
+        help="with --shrink: one weight, one per channel, or per channel and horizon quarter",
+    )
+    p.add_argument(
         "--linear-init",
         default="zero",
         choices=["zero", "ridge"],
@@ -496,6 +534,7 @@ def train_config(args: argparse.Namespace, data: str, lookback: int, horizon: in
         seed=args.seed,
         cycle_length=args.cycle,
         backbone_shrink=args.shrink,
+        shrink_groups=args.shrink_groups,
     )
 
 

@@ -16,6 +16,9 @@ LOSS_POSITIONS = ("origin", "all")
 LR_SCHEDULES = ("constant", "cosine")
 POINT_LOSSES = ("pinball", "mse")
 LINEAR_INITS = ("zero", "fit")
+# pipelines/shrink.py: one weight for the model, per output channel, per channel and quarter of
+# the horizon.
+SHRINK_GROUPS = ("model", "channel", "channel_horizon")
 C = TypeVar("C")
 
 
@@ -113,6 +116,9 @@ class TrainConfig:
     # pipelines/shrink.py SHRINK_WEIGHTS (1 .. 0) with the best validation MSE: a mix of the
     # trained model and its linear path (with linear_init "fit": of the model and the fit).
     backbone_shrink: bool = False
+    # One weight for the model, or one per group of the head's rows: "channel" (per output
+    # channel) or "channel_horizon" (per channel and quarter of the horizon); pipelines/shrink.py.
+    shrink_groups: str = "model"
     # Where the loss is taken: "origin" (the last position of each window: what is scored) or
     # "all" (every position of the lookback forecasts its next `horizon` rows).
     loss_positions: str = "origin"
@@ -141,6 +147,11 @@ class TrainConfig:
             )
         if self.point_loss == "mse" and not self.mse_weight > 0:
             raise ValueError("TrainConfig.point_loss 'mse' needs mse_weight > 0")
+        if self.shrink_groups not in SHRINK_GROUPS:
+            raise ValueError(
+                f"TrainConfig.shrink_groups must be one of {SHRINK_GROUPS}, "
+                f"got {self.shrink_groups!r}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"

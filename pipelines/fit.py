@@ -167,6 +167,20 @@ def validate(
     batch_size: int = 512,
 ) -> float:
     """Validation MSE under the protocol (every window, scaled values, last position)."""
+    return validation_sums(model, values, covariates, bounds, cfg, device, batch_size).result().mse
+
+
+@torch.no_grad()
+def validation_sums(
+    model: Forecaster,
+    values: np.ndarray,
+    covariates: np.ndarray,
+    bounds: tuple[int, int],
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+) -> ErrorSums:
+    """`validate`'s error sums, per horizon step and channel."""
     was = model.training
     model.eval()
     sums = ErrorSums(cfg.horizon, model.encoder.scale.double().cpu().numpy())
@@ -185,4 +199,4 @@ def validate(
             truth = values[s, batch[:, None] + cfg.lookback + np.arange(cfg.horizon)]
             sums.add(model.point(y).float().cpu().numpy(), truth)
     model.train(was)
-    return sums.result().mse
+    return sums

@@ -98,18 +98,19 @@ class EvalResult:
 
 
 class ErrorSums:
-    """Running sums of scaled squared and absolute errors per horizon step.
+    """Running sums of scaled squared and absolute errors per horizon step and channel.
 
     Errors are on scaled values: (pred - loc) / scale - (truth - loc) / scale, i.e.
     (pred - truth) / scale.
-    Missing targets (NaN) are left out.
+    Missing targets (NaN) are left out. The sums are kept per channel too ([H, C], `sq`,
+    `count`): pipelines/shrink.py chooses a weight per channel from them.
     """
 
     def __init__(self, horizon: int, scale: np.ndarray):
         self.scale = np.asarray(scale, dtype=np.float64)
-        self.sq = np.zeros(horizon)
-        self.ab = np.zeros(horizon)
-        self.count = np.zeros(horizon)
+        self.sq = np.zeros((horizon, self.scale.size))
+        self.ab = np.zeros((horizon, self.scale.size))
+        self.count = np.zeros((horizon, self.scale.size))
         self.windows = 0
 
     def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
@@ -119,22 +120,23 @@ class ErrorSums:
             raise ValueError(f"forecast has shape {pred.shape}, expected {truth.shape}")
         ok = ~np.isnan(truth)
         err = np.where(ok, (pred - np.where(ok, truth, 0.0)) / self.scale, 0.0)
-        self.sq += (err**2).sum(axis=(0, 2))
-        self.ab += np.abs(err).sum(axis=(0, 2))
-        self.count += ok.sum(axis=(0, 2))
+        self.sq += (err**2).sum(axis=0)
+        self.ab += np.abs(err).sum(axis=0)
+        self.count += ok.sum(axis=0)
         self.windows += pred.shape[0]
 
     def result(self) -> EvalResult:
         total = self.count.sum()
         if total == 0:
             raise ValueError("no observed target values to score")
+        count = np.maximum(self.count.sum(axis=1), 1)
         return EvalResult(
             mse=float(self.sq.sum() / total),
             mae=float(self.ab.sum() / total),
             windows=self.windows,
             horizon=len(self.sq),
-            mse_by_step=self.sq / np.maximum(self.count, 1),
-            mae_by_step=self.ab / np.maximum(self.count, 1),
+            mse_by_step=self.sq.sum(axis=1) / count,
+            mae_by_step=self.ab.sum(axis=1) / count,
         )
 
 

@@ -14,6 +14,7 @@ Dataset of windows would copy each row lookback + horizon times.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import warnings
@@ -36,13 +37,13 @@ from pipelines.calendar import has_time_of_day
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model
-from pipelines.fit import validate
+from pipelines.fit import validation_sums
 from pipelines.linear_fit import fit_linear, set_linear_path
 from pipelines.plots import plot_forecast
 from pipelines.progress import TrainProgress
 from pipelines.protocol import protocol_splits, window_starts
 from pipelines.pyfunc import ForecasterPyfunc, forecast_frame
-from pipelines.shrink import choose_backbone_weight
+from pipelines.shrink import choose_backbone_weights
 from pipelines.tracking import TrackingUnavailableError
 
 __all__ = ["TrainResult", "register_model", "train"]
@@ -169,11 +170,14 @@ def train(
         epochs = int(metrics.get("epoch", -1)) + 1
         if cfg.backbone_shrink:
             # On the driver, after training: a few validation passes of the kept model.
-            weight, best_val, tried = choose_backbone_weight(
-                [model], lambda: validate(model, data.values, data.covariates, splits.val, cfg)
+            choice = choose_backbone_weights(
+                [model],
+                lambda: validation_sums(model, data.values, data.covariates, splits.val, cfg),
+                cfg.shrink_groups,
             )
-            mlflow.log_params({"backbone_weight": weight})
-            mlflow.log_metric("val_mse_unshrunk", tried[1.0])
+            best_val = choice.val_mse
+            mlflow.log_params({"backbone_weight": json.dumps(choice.summary())})
+            mlflow.log_metric("val_mse_unshrunk", choice.tried[1.0])
 
         test = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test", data_cfg.split)
         mlflow.log_metrics({"test_mse": test.mse, "test_mae": test.mae, "best_val_mse": best_val})

@@ -126,6 +126,7 @@ def _train(args: argparse.Namespace) -> int:
         cycle_length=args.cycle_length,
         linear_init=args.linear_init,
         backbone_shrink=args.shrink_backbone,
+        shrink_groups=args.shrink_groups,
         point_loss=args.point_loss,
         mse_weight=args.mse_weight,
         workers=args.workers,
@@ -396,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after training, scale the backbone's part of the forecast by the weight in "
         "1, 0.75, .., 0 best on validation (toward the linear path; with --linear-init fit)",
+    )
+    tr.add_argument(
+        "--shrink-groups",
+        default="model",
+        choices=["model", "channel", "channel_horizon"],
+        help="with --shrink-backbone: one weight for the model, one per output channel, or one "
+        "per channel and quarter of the horizon, each chosen on validation",
     )
     tr.add_argument(
         "--cycle-length",

@@ -109,24 +109,41 @@ def test_the_start_is_a_candidate_so_bad_training_cannot_lose_it(toy_csv: Path) 
     assert row["epochs"] == 2
 
 
+@pytest.mark.parametrize("groups", ["model", "channel_horizon"])
 def test_shrink_keeps_the_weight_best_on_val_for_runs_and_ensembles(
-    toy_csv: Path, tmp_path: Path
+    toy_csv: Path, tmp_path: Path, groups: str
 ) -> None:
-    """--shrink: the row reports the weight with the lowest of the tried val MSEs, never above
-    the unshrunk val; a seed ensemble of the saved (unshrunk) members chooses its own."""
+    """--shrink: the row reports the weights with the lowest val MSE, never above the unshrunk
+    val; finer groupings never validate worse than coarser ones; the test MSE reported for the
+    chosen grouping is the row's own test MSE; a seed ensemble of the saved (unshrunk) members
+    chooses its own."""
     for seed in (0, 1):
-        cfg = config(toy_csv, lr=3e-3, epochs=2, backbone_shrink=True, seed=seed)
+        cfg = config(
+            toy_csv, lr=3e-3, epochs=2, backbone_shrink=True, shrink_groups=groups, seed=seed
+        )
         row = run_one(
             toy_csv, cfg, "cpu", "sh", str(tmp_path), scores="window", linear_init="ridge"
         )
-        tried = row["shrink_val_mse"]
+        tried, by = row["shrink_val_mse"], row["shrink_by_groups"]
         assert isinstance(tried, dict) and len(tried) == 5
-        assert row["val_mse"] == min(tried.values()) == tried[str(row["backbone_weight"])]
+        assert isinstance(by, dict) and list(by) == ["model", "channel", "channel_horizon"]
         assert tried["1.0"] == row["val_mse_unshrunk"]
+        assert by["model"]["val_mse"] == min(tried.values())
+        assert by["model"]["weights"] == float(min(tried, key=lambda w: tried[w]))
+        vals = [by[g]["val_mse"] for g in by]
+        assert vals == sorted(vals, reverse=True) and vals[0] <= row["val_mse_unshrunk"]
+        assert row["val_mse"] == by[groups]["val_mse"]
+        assert row["backbone_weight"] == by[groups]["weights"]
+        moved = row["backbone_weight"] != 1.0
         unshrunk_test = row["test_mse_protocol_unshrunk"]
-        assert (unshrunk_test is None) == (row["backbone_weight"] == 1.0)
+        assert (unshrunk_test is None) == (not moved)
+        if moved:
+            # Same forecasts; the row's own figure divides by the model's float32 scale.
+            test = by[groups]["test_mse_protocol"]
+            assert test == pytest.approx(row["test_mse_protocol"], rel=1e-6)
+            assert test != unshrunk_test
     (ens,) = ensembles(tmp_path, "cpu", scores="window")
-    assert ens["val_mse"] == min(ens["shrink_val_mse"].values()) <= ens["val_mse_unshrunk"]
+    assert ens["val_mse"] == ens["shrink_by_groups"][groups]["val_mse"] <= ens["val_mse_unshrunk"]
 
 
 def test_ridge_init_needs_the_window_normalised_linear_path(toy_csv: Path) -> None:
