@@ -30,6 +30,8 @@ def test_train_config_options() -> None:
     with pytest.raises(ValueError, match="linear_lookback"):
         TrainConfig(data="x", linear_lookback=-2)
     assert TrainConfig(data="x", cycle_length=24).model_config(7, 6).cycle_length == 24
+    with pytest.raises(ValueError, match="shrink_groups must be one of"):
+        TrainConfig(data="x", shrink_groups="station")
 
 
 def test_a_daily_cycle_without_the_calendar_is_a_clear_error() -> None:

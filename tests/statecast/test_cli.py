@@ -77,7 +77,7 @@ def test_train_passes_the_recipe_options(monkeypatch: pytest.MonkeyPatch) -> Non
         "train --data x.csv --lr-schedule cosine --warmup-epochs 0.5 --linear-lr 5e-3 "
         "--linear-norm window --zero-head --dropout 0.1 --point-loss mse --mse-weight 2 "
         "--weight-decay 0.05 --channel-independent --linear-init fit --cycle-length 24 "
-        "--shrink-backbone"
+        "--shrink-backbone --shrink-groups channel_horizon"
     )
     args = build_parser().parse_args(options.split())
     assert args.fn(args) == 0
@@ -87,3 +87,4 @@ def test_train_passes_the_recipe_options(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (cfg.point_loss, cfg.mse_weight, cfg.weight_decay) == ("mse", 2.0, 0.05)
     assert cfg.channel_independent
     assert (cfg.linear_init, cfg.cycle_length, cfg.backbone_shrink) == ("fit", 24, True)
+    assert cfg.shrink_groups == "channel_horizon"

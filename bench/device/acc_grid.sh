@@ -1,0 +1,43 @@
+#!/bin/bash
+# The whole accuracy grid under one fixed recipe (docs/RESULTS.md, eighth section): ETTh1, ETTm1
+# and weather at H = 96, 192, 336, 720, seeds 0-2 and their mean, recipe `rc3` (the linear path
+# and daily cycle at their closed-form fit, frozen; the backbone on the residual at lr 3e-4, MSE
+# point loss) with the shrink chosen on validation per channel and quarter of the horizon (every
+# row also reports the one-weight and per-channel shrinks). PART=l96: lookback 96 (windows
+# scored); PART=long: the longer lookback (LH, LM, LW), windows and full history scored.
+# Run on the lent GPU: bash bench/device/sweep.sh bash bench/device/acc_grid.sh (PART=...).
+T=${T:-480}
+PART=${PART:-l96}
+L=/tmp/logs_$PART; rm -rf /tmp/ens_$PART; mkdir -p $L
+export OMP_NUM_THREADS=1
+A="python3 -m bench.accuracy --kind diagonal_ssm --data-dir /tmp/data --device cuda --out $OUT/rows.jsonl --ridge-dir .bench_data/ridgec"
+NEW="--batch-size 128 --lr 1e-3 --lr-schedule cosine --warmup-epochs 0.5 --linear-lr 5e-3 --linear-norm window --zero-head --dropout 0.1 --patience 3 --steps-per-epoch 100"
+R="--point-loss mse --linear-init ridge --patience 2 --linear-lr 1e-9 --lr 3e-4 --shrink --shrink-groups channel_horizon"
+declare -A OPTS=(
+  [ETTh1]="$NEW --epochs 12 --cycle 24 $R"
+  [ETTm1]="$NEW --epochs 8 --cycle 96 $R"
+  [weather]="$NEW --epochs 8 --cycle 144 $R"
+)
+if [ "$PART" = l96 ]; then
+  declare -A LB=([ETTh1]=96 [ETTm1]=96 [weather]=96); SC=window
+else
+  declare -A LB=([ETTh1]=${LH:-512} [ETTm1]=${LM:-336} [weather]=${LW:-336}); SC=all
+fi
+for d in ETTh1 ETTm1 weather; do
+  for h in 96 192 336 720; do
+    V=()
+    for s in 0 1 2; do V+=(--variant "rc3shg_s$s=${OPTS[$d]} --seed $s"); done
+    timeout $T $A --datasets $d --horizons $h --lookbacks ${LB[$d]} --jobs 3 --scores $SC \
+      --save-dir /tmp/ens_$PART/${d}_$h "${V[@]}" > $L/${d}_$h.txt 2>&1 &
+  done
+done
+wait
+echo "sweep done $(date)"
+for f in /tmp/ens_$PART/*; do
+  timeout ${TE:-100} python3 -m bench.accuracy --ensemble-from $f --scores $SC --device cuda \
+    --out $OUT/ens.jsonl > $L/ens_$(basename $f).txt 2>&1 &
+done
+wait
+tar czf $OUT/logs.tgz -C /tmp logs_$PART
+python3 bench/device/rows.py $OUT/rows.jsonl $OUT/ens.jsonl
+echo "all done $(date)"
