@@ -5,12 +5,15 @@
 # point loss) with the shrink chosen on validation per channel and quarter of the horizon (every
 # row also reports the one-weight and per-channel shrinks). PART=l96: lookback 96 (windows
 # scored); PART=long: the longer lookback (LH, LM, LW), windows and full history scored.
+# DATASETS: a subset. RD: the fits' folder; a call carries at most 64 MiB, so the fits travel as
+# float32 copies (bench/device/fits32.py: the model's linear path is float32, so it starts the
+# same), only those the call needs.
 # Run on the lent GPU: bash bench/device/sweep.sh bash bench/device/acc_grid.sh (PART=...).
 T=${T:-480}
 PART=${PART:-l96}
 L=/tmp/logs_$PART; rm -rf /tmp/ens_$PART; mkdir -p $L
 export OMP_NUM_THREADS=1
-A="python3 -m bench.accuracy --kind diagonal_ssm --data-dir /tmp/data --device cuda --out $OUT/rows.jsonl --ridge-dir .bench_data/ridgec"
+A="python3 -m bench.accuracy --kind diagonal_ssm --data-dir /tmp/data --device cuda --out $OUT/rows.jsonl --ridge-dir ${RD:-.bench_data/ridgec}"
 NEW="--batch-size 128 --lr 1e-3 --lr-schedule cosine --warmup-epochs 0.5 --linear-lr 5e-3 --linear-norm window --zero-head --dropout 0.1 --patience 3 --steps-per-epoch 100"
 R="--point-loss mse --linear-init ridge --patience 2 --linear-lr 1e-9 --lr 3e-4 --shrink --shrink-groups channel_horizon"
 declare -A OPTS=(
@@ -23,7 +26,7 @@ if [ "$PART" = l96 ]; then
 else
   declare -A LB=([ETTh1]=${LH:-512} [ETTm1]=${LM:-336} [weather]=${LW:-336}); SC=all
 fi
-for d in ETTh1 ETTm1 weather; do
+for d in ${DATASETS:-ETTh1 ETTm1 weather}; do
   for h in 96 192 336 720; do
     V=()
     for s in 0 1 2; do V+=(--variant "rc3shg_s$s=${OPTS[$d]} --seed $s"); done
