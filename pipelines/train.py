@@ -14,7 +14,6 @@ Dataset of windows would copy each row lookback + horizon times.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import tempfile
 import warnings
@@ -43,7 +42,7 @@ from pipelines.plots import plot_forecast
 from pipelines.progress import TrainProgress
 from pipelines.protocol import protocol_splits, window_starts
 from pipelines.pyfunc import ForecasterPyfunc, forecast_frame
-from pipelines.shrink import choose_backbone_weights
+from pipelines.shrink import ShrinkChoice, choose_backbone_weights
 from pipelines.tracking import TrackingUnavailableError
 
 __all__ = ["TrainResult", "register_model", "train"]
@@ -176,8 +175,7 @@ def train(
                 cfg.shrink_groups,
             )
             best_val = choice.val_mse
-            mlflow.log_params({"backbone_weight": json.dumps(choice.summary())})
-            mlflow.log_metric("val_mse_unshrunk", choice.tried[1.0])
+            log_shrink(choice, cfg.shrink_groups)
 
         test = evaluate_model(model, data, cfg.lookback, cfg.horizon, "test", data_cfg.split)
         mlflow.log_metrics({"test_mse": test.mse, "test_mae": test.mae, "best_val_mse": best_val})
@@ -306,6 +304,19 @@ def _log_model(
         input_example=example.head(3),
     )
     return str(info.model_uri)
+
+
+def log_shrink(choice: ShrinkChoice, groups: str) -> None:
+    """The shrink's weights into the active MLflow run: one weight as the param
+    `backbone_weight`; a weight per group as a table in the artifact shrink_weights.json (params
+    are short). The val MSE before the shrink as the metric `val_mse_unshrunk`."""
+    weights = choice.summary()
+    if isinstance(weights, float):
+        mlflow.log_params({"backbone_weight": weights})
+    else:
+        mlflow.log_params({"backbone_weight": "per group: shrink_weights.json"})
+        mlflow.log_dict({"groups": groups, "weights": weights}, "shrink_weights.json")
+    mlflow.log_metric("val_mse_unshrunk", choice.tried[1.0])
 
 
 def register_model(name: str, model_uri: str, best_val: float, uri: str) -> tuple[str, bool]:

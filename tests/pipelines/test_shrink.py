@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -12,8 +15,10 @@ from pipelines.shrink import (
     HORIZON_BLOCKS,
     SHRINK_WEIGHTS,
     BackboneShrink,
+    ShrinkChoice,
     choose_backbone_weights,
 )
+from pipelines.train import log_shrink
 from tests.forecast.test_models import make_inputs, make_model
 from tests.helpers import assert_close
 
@@ -145,3 +150,25 @@ def test_ties_keep_the_trained_model_and_members_share_the_weight() -> None:
     for m in (a, b):
         h, w, q = m.head.shape
         assert not m.head.proj.bias.view(h, w, q)[:, :, m.head.median].any()
+
+
+def test_the_weights_are_tracked_in_a_real_mlflow_store(tmp_path: Path) -> None:
+    """One weight is the param `backbone_weight`; a weight per group is the whole table in the
+    run's shrink_weights.json (a param would be cut short for many channels)."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("shrink", artifact_location=str(tmp_path / "artifacts"))
+    table = np.array([[1.0, 0.5], [0.25, 0.0]])
+    runs = {}
+    for name, choice in (
+        ("one", ShrinkChoice(np.full((1, 1), 0.75), 0.5, {1.0: 0.6})),
+        ("groups", ShrinkChoice(table, 0.4, {1.0: 0.6})),
+    ):
+        with mlflow.start_run(experiment_id=experiment, run_name=name) as run:
+            log_shrink(choice, "channel_horizon")
+        runs[name] = mlflow.get_run(run.info.run_id)
+    assert runs["one"].data.params["backbone_weight"] == "0.75"
+    assert runs["groups"].data.params["backbone_weight"] == "per group: shrink_weights.json"
+    for run in runs.values():
+        assert run.data.metrics["val_mse_unshrunk"] == 0.6
+    saved = mlflow.artifacts.load_dict(f"{runs['groups'].info.artifact_uri}/shrink_weights.json")
+    assert saved == {"groups": "channel_horizon", "weights": table.tolist()}
