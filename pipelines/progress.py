@@ -8,6 +8,7 @@ one tqdm bar on stderr. Evaluation runs in the calling process and ticks a bar p
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,9 @@ def throttled(
     fn: Callable[[float], None], every_s: float = PROGRESS_EVERY_S
 ) -> Callable[..., None]:
     """fn(value), called at most once per `every_s` seconds (and always for a final value)."""
-    last = [0.0]
+    # Not 0: time.monotonic() counts from boot, so on a machine up for less than every_s the
+    # first value would be held back.
+    last = [-math.inf]
 
     def call(value: float, final: bool = False) -> None:
         now = time.monotonic()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import pipelines.progress
 from forecast import build_model
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import read_dataset
@@ -89,3 +90,15 @@ def test_throttled_reports_at_most_once_per_interval_and_always_the_last() -> No
     for i in range(10):
         report(i / 10, final=i == 9)
     assert seen == [0.0, 0.9]
+
+
+def test_throttled_reports_the_first_value_on_a_machine_just_booted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """time.monotonic() counts from boot: 5 s after it, the first value is still reported."""
+    monkeypatch.setattr(pipelines.progress.time, "monotonic", lambda: 5.0)
+    seen: list[float] = []
+    report = throttled(seen.append, every_s=3600)
+    report(0.1)
+    report(0.2)
+    assert seen == [0.1]
