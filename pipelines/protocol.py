@@ -107,6 +107,7 @@ class ErrorSums:
     """
 
     def __init__(self, horizon: int, scale: np.ndarray):
+        """scale [C]: one per channel."""
         self.scale = np.asarray(scale, dtype=np.float64)
         self.sq = np.zeros((horizon, self.scale.size))
         self.ab = np.zeros((horizon, self.scale.size))

@@ -3,6 +3,7 @@ does, and a run started there never scores worse on validation than its start.""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,9 @@ def test_shrink_keeps_the_weight_best_on_val_for_runs_and_ensembles(
         assert by["model"]["val_mse"] == min(tried.values())
         assert by["model"]["weights"] == float(min(tried, key=lambda w: tried[w]))
         vals = [by[g]["val_mse"] for g in by]
-        assert vals == sorted(vals, reverse=True) and vals[0] <= row["val_mse_unshrunk"]
+        # Coarse to fine never worse (to summation order: group sums vs one sum).
+        assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(vals))
+        assert vals[0] <= row["val_mse_unshrunk"]
         assert row["val_mse"] == by[groups]["val_mse"]
         assert row["backbone_weight"] == by[groups]["weights"]
         moved = row["backbone_weight"] != 1.0
