@@ -281,7 +281,7 @@ def run_one(
 def shrink(
     models: list[Forecaster],
     scored: Forecaster,
-    val: float,
+    val: float | None,
     val_sums: typing.Callable[[], ErrorSums],
     data: SeriesData,
     path: Path,
@@ -289,10 +289,14 @@ def shrink(
 ) -> tuple[float, dict[str, Any]]:
     """With cfg.backbone_shrink, the weights (cfg.shrink_groups) of `models`' backbone part best
     on validation (pipelines/shrink.py; `scored` is what they forecast as, a model or their
-    ensemble), left in place. -> (the val MSE kept, the row's shrink fields). The fields include
-    what the shrink did to test, reported beside the chosen model and never used to choose it:
-    the test MSE before the shrink (None where nothing moved) and, for every grouping of
-    SHRINK_GROUPS, the val MSE, weights and test MSE it gives (protocol scale, windows only)."""
+    ensemble), left in place. -> (the val MSE kept, the row's shrink fields). `val` is the
+    unshrunk val MSE where the caller has it; None: taken from the shrink's weight-1 pass (or one
+    pass without the shrink). The fields include what the shrink did to test, reported beside the
+    chosen model and never used to choose it: the test MSE before the shrink (None where nothing
+    moved) and, for every grouping of SHRINK_GROUPS, the val MSE, weights and test MSE it gives
+    (protocol scale, windows only; a table two groupings share is scored once)."""
+    if val is None and not cfg.backbone_shrink:
+        val = val_sums().result().mse
     fields: dict[str, Any] = {
         "val_mse_unshrunk": val,
         "backbone_weight": 1.0,
@@ -302,25 +306,28 @@ def shrink(
         "shrink_by_groups": {},
     }
     if not cfg.backbone_shrink:
-        return val, fields
+        return fields["val_mse_unshrunk"], fields
     proto = protocol_scale(path, protocol_splits(data.name, data.n_steps).train)
-
-    def test_mse() -> float:
-        return score_windows(scored, data, cfg.lookback, cfg.horizon, [proto])[0].mse
-
     backbone = BackboneShrink(models)
     passes = backbone.passes(val_sums)
+    if val is None:
+        fields["val_mse_unshrunk"] = passes[1.0].result().mse
+    tested: dict[bytes, float] = {}
+
+    def test_mse(rows: np.ndarray) -> float:
+        key = np.ascontiguousarray(rows).tobytes()
+        if key not in tested:
+            backbone.apply(rows)
+            tested[key] = score_windows(scored, data, cfg.lookback, cfg.horizon, [proto])[0].mse
+        return tested[key]
+
     choices = {groups: backbone.choose(passes, groups) for groups in SHRINK_GROUPS}
     moved = {groups: bool((c.table != 1.0).any()) for groups, c in choices.items()}
     unshrunk = None
     if any(moved.values()):
-        backbone.apply(1.0)
-        unshrunk = test_mse()
+        unshrunk = test_mse(np.ones((backbone.horizon, backbone.width)))
     for groups, choice in choices.items():
-        test = unshrunk
-        if moved[groups]:
-            backbone.apply(backbone.rows(choice))
-            test = test_mse()
+        test = test_mse(backbone.rows(choice)) if moved[groups] else unshrunk
         fields["shrink_by_groups"][groups] = {
             "val_mse": choice.val_mse,
             "weights": choice.summary(),
@@ -435,7 +442,7 @@ def ensembles(folder: Path, device: str, scores: str = "all") -> list[dict[str, 
         val_ens = functools.partial(
             validation_sums, ens, data.values, data.covariates, splits.val, cfg, device
         )
-        val, shrunk = shrink(models, ens, val_ens().result().mse, val_ens, data, path, cfg)
+        val, shrunk = shrink(models, ens, None, val_ens, data, path, cfg)
         row = score(ens, data, path, cfg, val, scores)
         row.update(shrunk)
         seeds = [c.seed for c in cfgs]
