@@ -64,6 +64,7 @@ from pipelines.fit import (
 )
 from pipelines.linear_fit import (
     RIDGE_LAMBDAS,
+    LinearFit,
     fit_linear,
     load_fit,
     model_scale,
@@ -71,6 +72,7 @@ from pipelines.linear_fit import (
     score_linear_fit,
     set_linear_path,
 )
+from pipelines.online_fit import FitWindows, choose_half_life, online_forecasts
 from pipelines.protocol import ErrorSums, EvalResult, protocol_splits, window_starts
 from pipelines.shrink import BackboneShrink
 
@@ -387,6 +389,59 @@ def ridge_linear(
     }
 
 
+def ridge_linear_online(
+    path: Path, lookback: int, horizon: int, ridge_dir: str | None = None, cycle: int = 0
+) -> dict[str, Any]:
+    """The closed-form fit refitted online (pipelines/online_fit.py) in full-history mode: started
+    from the training windows, carried through val into test, every window's map solved from the
+    windows whose targets ended by its origin; the half-life chosen by val MSE. The fit is read
+    from ridge_dir when it holds one, else made here. The row's val is the online fit's; it has
+    no window score (with a window only, the map is the training fit: the --ridge-linear row)."""
+    start = time.perf_counter()
+    data = read_dataset(path, DataConfig())
+    splits = protocol_splits(data.name, data.n_steps)
+    saved = ridge_file(Path(ridge_dir), data.name, lookback, horizon, cycle) if ridge_dir else None
+    fit = (
+        load_fit(saved)
+        if saved is not None and saved.exists()
+        else fit_linear(data, splits, lookback, horizon, cycle)
+    )
+    scale, _ = model_scale(data, splits.train)
+    proto = protocol_scale(path, splits.train)
+    choice = choose_half_life(data, splits, fit, [scale, proto])
+    test, test_p = choice.test
+    published = PUBLISHED.get((data.name, horizon), (math.nan, math.nan))
+    return {
+        "dataset": data.name,
+        "kind": "ridge_linear_online",
+        "config": {
+            "ridge": fit.ridge,
+            "cycle": cycle,
+            "half_life": choice.half_life,
+            "half_lives_val_mse": {str(h): v for h, v in choice.tried.items()},
+            "solve_every": cycle or 1,
+        },
+        "horizon": horizon,
+        "lookback": lookback,
+        "val_mse": choice.val[0].mse,
+        "test_mse": None,
+        "test_mae": None,
+        "full_history_mse": test.mse,
+        "full_history_mae": test.mae,
+        "test_mse_protocol": None,
+        "test_mae_protocol": None,
+        "full_history_mse_protocol": test_p.mse,
+        "full_history_mae_protocol": test_p.mae,
+        "windows": test.windows,
+        "published_best_l96": published[0],
+        "published_best_any": published[1],
+        "variant": f"ridge_linear online (ridge {fit.ridge:g}"
+        f"{f', cycle {cycle}' if cycle else ''}, half-life {choice.half_life:g} rows)",
+        "epochs": 0,
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 class MeanEnsemble(nn.Module):
     """The mean forecast of members that share a config (but for the seed) and a scaler; it
     reads like a Forecaster to the evaluator (its state: one per member)."""
@@ -413,9 +468,103 @@ class MeanEnsemble(nn.Module):
         return torch.stack([y for y, _ in outs]).mean(0), tuple(s for _, s in outs)
 
 
-def ensembles(folder: Path, device: str, scores: str = "all") -> list[dict[str, Any]]:
+def linear_fit_of(model: Forecaster, ridge: float) -> LinearFit:
+    """A model's own linear path (and cycle) as a fit: beta [L + 1, H], float64."""
+    if model.linear is None:
+        raise ValueError("the online linear path needs a model with a linear path")
+    weight = model.linear.proj.weight.detach().double().cpu().numpy()
+    bias = model.linear.proj.bias.detach().double().cpu().numpy()
+    cycle = model.linear.cycle
+    return LinearFit(
+        np.concatenate([weight.T, bias[None]]),
+        ridge,
+        math.nan,
+        None if cycle is None else cycle.detach().double().cpu().numpy(),
+    )
+
+
+def online_scores(
+    members: list[Forecaster],
+    scored: Forecaster,
+    data: SeriesData,
+    path: Path,
+    cfg: TrainConfig,
+    ridge_dir: str | None,
+) -> dict[str, Any]:
+    """Full history with the linear path refitted online (pipelines/online_fit.py): `scored`'s
+    forecast (a model or the members' mean) with the members' own linear path's part replaced by
+    the online fit's, on every val and test window. The half-life is the one the fit alone
+    chooses on val (the drift it follows is the linear path's); the row's online val is then the
+    whole forecast's. The online fit starts from the closed-form fit in ridge_dir (else fitted
+    here), the one --linear-init ridge started the members at."""
+    start = time.perf_counter()
+    splits = protocol_splits(data.name, data.n_steps)
+    length = members[0].linear.length if members[0].linear is not None else 0
+    saved = (
+        ridge_file(Path(ridge_dir), data.name, length, cfg.horizon, cfg.cycle_length)
+        if ridge_dir
+        else None
+    )
+    fit = (
+        load_fit(saved)
+        if saved is not None and saved.exists()
+        else fit_linear(data, splits, length, cfg.horizon, cfg.cycle_length)
+    )
+    scale, floor = model_scale(data, splits.train)
+    proto = protocol_scale(path, splits.train)
+    choice = choose_half_life(data, splits, fit, [scale, proto])
+    own = [
+        (FitWindows(data, f, scale, floor), f.beta)
+        for f in (linear_fit_of(m, fit.ridge) for m in members)
+    ]
+    horizon = cfg.horizon
+    ranges = {
+        name: (bounds[0] - 1, bounds[1] - horizon - 1)
+        for name, bounds in (("val", splits.val), ("test", splits.test))
+    }
+    sums = {name: [ErrorSums(horizon, scale), ErrorSums(horizon, proto)] for name in ranges}
+    predict = model_predictor(scored)
+    was_training = scored.training
+    scored.eval()
+    span = (ranges["val"][0], ranges["test"][1])
+    for series, starts, online in online_forecasts(data, splits, fit, choice.half_life, span):
+        origin = starts + length - 1
+        idx = (origin - cfg.lookback + 1)[:, None] + np.arange(cfg.lookback)
+        pred = predict(data.values[series, idx], data.covariates[series, idx])[:, :horizon]
+        static = np.mean([w.forecast(series, starts, beta) for w, beta in own], axis=0)
+        pred = pred - static + online
+        for name, (lo, hi) in ranges.items():
+            keep = (origin >= lo) & (origin <= hi)
+            if keep.any():
+                truth = data.values[series, origin[keep][:, None] + 1 + np.arange(horizon)]
+                for e in sums[name]:
+                    e.add(pred[keep], truth)
+    scored.train(was_training)
+    val, test, test_p = sums["val"][0].result(), sums["test"][0].result(), sums["test"][1].result()
+    return {
+        "online_half_life": choice.half_life,
+        "online_fit_val_mse": choice.val[0].mse,
+        "online_fit_full_history_mse_protocol": choice.test[1].mse,
+        "online_val_mse": val.mse,
+        "full_history_online_mse": test.mse,
+        "full_history_online_mae": test.mae,
+        "full_history_online_mse_protocol": test_p.mse,
+        "full_history_online_mae_protocol": test_p.mae,
+        "online_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def ensembles(
+    folder: Path,
+    device: str,
+    scores: str = "all",
+    online: bool = False,
+    ridge_dir: str | None = None,
+) -> list[dict[str, Any]]:
     """Score every group of saved runs that differ only in the seed (two or more) as one mean
-    forecast; its validation MSE is the ensemble's own, so groups compare by validation."""
+    forecast; its validation MSE is the ensemble's own, so groups compare by validation. online
+    (with scores "all"): also the full history with the linear path refitted online
+    (`online_scores`)."""
     groups: dict[str, list[tuple[dict[str, Any], Path]]] = {}
     for meta_path in sorted(folder.glob("*.json")):
         meta = json.loads(meta_path.read_text())
@@ -445,6 +594,8 @@ def ensembles(folder: Path, device: str, scores: str = "all") -> list[dict[str, 
         val, shrunk = shrink(models, ens, None, val_ens, data, path, cfg)
         row = score(ens, data, path, cfg, val, scores)
         row.update(shrunk)
+        if online and scores == "all":
+            row.update(online_scores(models, ens, data, path, cfg, ridge_dir))
         seeds = [c.seed for c in cfgs]
         row.update(
             variant=f"{members[0][0]['label']} ens{len(models)}",
@@ -590,6 +741,12 @@ def main() -> None:
         help="the linear path alone in closed form (RLinear, ridge by val) on the CPU; no training",
     )
     p.add_argument(
+        "--online",
+        action="store_true",
+        help="full history with the linear path refitted online: with --ridge-linear a row of the "
+        "fit alone; with --ensemble-from (--ridge-dir: the fits) fields of each ensemble's row",
+    )
+    p.add_argument(
         "--ridge-dir",
         default=None,
         metavar="DIR",
@@ -603,21 +760,23 @@ def main() -> None:
     )
     args = p.parse_args()
     if args.ensemble_from:
-        rows = ensembles(Path(args.ensemble_from), args.device, args.scores)
+        rows = ensembles(
+            Path(args.ensemble_from), args.device, args.scores, args.online, args.ridge_dir
+        )
         if args.out:
             with open(args.out, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         print_table(rows)
         return
     if args.ridge_linear:
-        rows = [
-            ridge_linear(
-                Path(args.data_dir) / f"{name}.csv", lookback, horizon, args.ridge_dir, args.cycle
-            )
-            for name, horizon, lookback in itertools.product(
-                args.datasets, args.horizons, args.lookbacks
-            )
-        ]
+        rows = []
+        for name, horizon, lookback in itertools.product(
+            args.datasets, args.horizons, args.lookbacks
+        ):
+            csv = Path(args.data_dir) / f"{name}.csv"
+            rows.append(ridge_linear(csv, lookback, horizon, args.ridge_dir, args.cycle))
+            if args.online:
+                rows.append(ridge_linear_online(csv, lookback, horizon, args.ridge_dir, args.cycle))
         if args.out:
             with open(args.out, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -671,9 +830,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         print(
             f"| {r['dataset']} | {r['horizon']} | {r['lookback']} | {r['variant']} "
-            f"| {r['val_mse']:.3f} | {r['test_mse']:.3f} | "
-            f"{r['test_mae']:.3f} | {_fmt(r['full_history_mse'])} "
-            f"| {r['test_mse_protocol']:.3f} | {_fmt(r['full_history_mse_protocol'])} "
+            f"| {r['val_mse']:.3f} | {_fmt(r['test_mse'])} | "
+            f"{_fmt(r['test_mae'])} | {_fmt(r['full_history_mse'])} "
+            f"| {_fmt(r['test_mse_protocol'])} | {_fmt(r['full_history_mse_protocol'])} "
             f"| {r['published_best_l96']} / "
             f"{r['published_best_any']} | {r['epochs']} | {r['train_seconds']} |"
         )

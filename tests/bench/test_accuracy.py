@@ -4,13 +4,21 @@ does, and a run started there never scores worse on validation than its start.""
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bench.accuracy import ensembles, init_linear_ridge, ridge_linear, run_one
+from bench.accuracy import (
+    ensembles,
+    init_linear_ridge,
+    online_scores,
+    ridge_linear,
+    ridge_linear_online,
+    run_one,
+)
 from forecast import build_model
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
@@ -99,6 +107,49 @@ def test_a_saved_fit_is_the_fit(toy_csv: Path, tmp_path: Path, cycle: int) -> No
     assert val == pytest.approx(row["val_mse"], rel=1e-5)
 
 
+def test_the_online_row_is_the_online_fit_chosen_on_val(toy_csv: Path, tmp_path: Path) -> None:
+    """--ridge-linear --online: the half-life with the lowest val, scored in full-history mode;
+    from a saved fit the same figures as from a fresh one."""
+    fresh = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24)
+    tried = fresh["config"]["half_lives_val_mse"]
+    assert fresh["val_mse"] == min(tried.values()) == tried[str(fresh["config"]["half_life"])]
+    assert fresh["test_mse"] is None and fresh["full_history_mse_protocol"] > 0
+    ridge_linear(toy_csv, LOOKBACK, HORIZON, save_dir=str(tmp_path), cycle=24)
+    saved = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, str(tmp_path), cycle=24)
+    for key in ("val_mse", "full_history_mse", "full_history_mse_protocol", "config"):
+        assert saved[key] == fresh[key]
+
+
+def test_a_model_at_the_fit_with_the_online_path_is_the_online_fit(
+    toy_csv: Path, tmp_path: Path
+) -> None:
+    """A model whose forecast is its linear path (started at the fit, zero head): swapping that
+    path's part for the online fit's gives the online fit alone, on val and test."""
+    alone = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24)
+    ridge_linear(toy_csv, LOOKBACK, HORIZON, save_dir=str(tmp_path), cycle=24)
+    data = read_dataset(toy_csv, DataConfig())
+    cfg = config(toy_csv, cycle_length=24, lookback=2 * LOOKBACK, linear_lookback=LOOKBACK)
+    model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
+    splits = protocol_splits(data.name, data.n_steps)
+    model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))
+    init_linear_ridge(model, data, cfg, str(tmp_path))
+    got = online_scores([model], model, data, toy_csv, cfg, str(tmp_path))
+    assert got["online_half_life"] == alone["config"]["half_life"]
+    assert got["online_fit_val_mse"] == alone["val_mse"]
+    # Float32 model against the float64 fit.
+    assert got["online_val_mse"] == pytest.approx(alone["val_mse"], rel=1e-5)
+    assert got["full_history_online_mse_protocol"] == pytest.approx(
+        alone["full_history_mse_protocol"], rel=1e-5
+    )
+    # The test can fail: a backbone part that is not zero moves the figures.
+    assert model.head is not None
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.05)
+    moved = online_scores([model], model, data, toy_csv, cfg, str(tmp_path))
+    assert moved["online_val_mse"] != pytest.approx(alone["val_mse"], rel=1e-3)
+
+
 def test_the_start_is_a_candidate_so_bad_training_cannot_lose_it(toy_csv: Path) -> None:
     data = read_dataset(toy_csv, DataConfig())
     fit_val = _fit(data).val_mse
@@ -147,6 +198,24 @@ def test_shrink_keeps_the_weight_best_on_val_for_runs_and_ensembles(
             assert test != unshrunk_test
     (ens,) = ensembles(tmp_path, "cpu", scores="window")
     assert ens["val_mse"] == ens["shrink_by_groups"][groups]["val_mse"] <= ens["val_mse_unshrunk"]
+
+
+def test_a_seed_ensemble_reports_its_full_history_with_the_online_path(
+    toy_csv: Path, tmp_path: Path
+) -> None:
+    """--ensemble-from DIR --online: the half-life is the fit alone's choice, and the fields come
+    only when asked for (what the swap computes: the test above)."""
+    for seed in (0, 1):
+        cfg = config(toy_csv, lr=3e-3, epochs=1, seed=seed, cycle_length=24)
+        run_one(toy_csv, cfg, "cpu", "on", str(tmp_path), scores="window", linear_init="ridge")
+    alone = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24)
+    (ens,) = ensembles(tmp_path, "cpu", scores="all", online=True)
+    assert ens["online_half_life"] == alone["config"]["half_life"]
+    assert ens["online_fit_full_history_mse_protocol"] == alone["full_history_mse_protocol"]
+    assert math.isfinite(ens["full_history_online_mse_protocol"])
+    assert math.isfinite(ens["online_val_mse"])
+    (plain,) = ensembles(tmp_path, "cpu", scores="all")
+    assert "online_val_mse" not in plain
 
 
 def test_ridge_init_needs_the_window_normalised_linear_path(toy_csv: Path) -> None:

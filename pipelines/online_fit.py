@@ -1,0 +1,229 @@
+"""The linear path refitted online: recursive least squares over every window seen so far.
+
+The closed-form fit (pipelines/linear_fit.py) depends on the training windows only through two
+sums, G = sum w x x^T [K, K] and R = sum w x y^T [K, H] (K = L + 1, the cycle taken out). They are
+a constant-size state that one more window updates, so a forecaster that carries its state
+through all data before an origin (full-history mode) can keep fitting as targets arrive:
+
+    at origin o the map is the ridge solution of every window whose last target row e <= o,
+    each weighted by gamma^(o - e), gamma = 2^(-1 / half_life).
+
+No value after the origin enters: a window joins the sums only once its whole target is observed.
+The half-life (rows; inf = no forgetting) is chosen on validation, as the ridge strength is. The
+daily cycle Q stays at the training fit: with Q fixed the objective in W is least squares again,
+and Q's own sums would double the state for a profile the training year already pins down. The
+map is solved again every `every` rows (a day, with a cycle), and the origins in between use the
+last solution, which only saw windows ending by its own origin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from pipelines.data import SeriesData
+from pipelines.linear_fit import LinearFit, _cycle_index, _norm_windows, day_phases, model_scale
+from pipelines.protocol import ErrorSums, EvalResult, Splits
+
+__all__ = [
+    "HALF_LIVES",
+    "FitWindows",
+    "OnlineChoice",
+    "OnlineSums",
+    "add_windows",
+    "choose_half_life",
+    "online_beta",
+    "online_forecasts",
+    "score_online_fit",
+]
+
+# Half-lives tried, as fractions of the training split's rows (inf: every window counts alike).
+HALF_LIVES = (math.inf, 1.0, 0.5, 0.25, 0.125, 0.0625)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineSums:
+    """The online fit's state: G [K, K] and R [K, H] weighted as of row `origin`."""
+
+    gram: np.ndarray
+    cross: np.ndarray
+    origin: int
+
+
+class FitWindows:
+    """Reads the decycled, normalised windows of a series set for one fit (the cycle fixed)."""
+
+    def __init__(self, data: SeriesData, fit: LinearFit, scale: np.ndarray, floor: np.ndarray):
+        self.data, self.fit, self.scale, self.floor = data, fit, scale, floor
+        self.lookback, self.horizon = fit.beta.shape[0] - 1, fit.beta.shape[1]
+        self.phases: list[np.ndarray] | None = None
+        if fit.cycle is not None:
+            period, c = fit.cycle.shape
+            idx_in, idx_out = _cycle_index(period, self.lookback, self.horizon)
+            q_in = fit.cycle[idx_in].transpose(0, 2, 1)
+            self.q_in = np.concatenate([q_in, np.zeros((period, c, 1))], axis=-1)  # [P, C, K]
+            self.q_out = fit.cycle[idx_out].transpose(0, 2, 1)  # [P, C, H]
+            self.phases = [day_phases(data, s, period) for s in range(data.n_series)]
+
+    def read(
+        self, series: int, starts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """-> inputs [N, C, K], normalised targets [N, C, H] (0 where not observed), both with
+        the cycle out, the windows' mean and std [N, C, 1], raw targets [N, C, H], weight [N, C]."""
+        values = self.data.values[series]
+        xt, m, s, y, ok = _norm_windows(values, starts, self.lookback, self.horizon, self.floor)
+        yn = (y - m) / s
+        if self.phases is not None:
+            at = self.phases[series][starts + self.lookback - 1]
+            xt, yn = xt - self.q_in[at], yn - self.q_out[at]
+        weight = np.where(ok, (s[..., 0] / self.scale) ** 2, 0.0)
+        return xt, np.where(ok[..., None], yn, 0.0), m, s, y, weight
+
+    def forecast(self, series: int, starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
+        """Forecasts [N, H, C] in data units of the windows at `starts` under the map beta."""
+        xt, _, m, s, _, _ = self.read(series, starts)
+        norm = xt @ beta
+        if self.phases is not None:
+            norm = norm + self.q_out[self.phases[series][starts + self.lookback - 1]]
+        return (s * norm + m).transpose(0, 2, 1)
+
+
+def add_windows(
+    state: OnlineSums, windows: FitWindows, origin: int, gamma: float, limit: int
+) -> OnlineSums:
+    """The state moved to row `origin`: old sums decayed by gamma^(origin - state.origin), plus
+    every window whose last target row e is in (state.origin, origin] (starts below `limit`)."""
+    lookback, horizon = windows.lookback, windows.horizon
+    k = lookback + 1
+    decay = gamma ** (origin - state.origin)
+    gram, cross = state.gram * decay, state.cross * decay
+    first = max(state.origin - lookback - horizon + 2, 0)
+    starts = np.arange(first, min(origin - lookback - horizon + 2, limit))
+    for i in range(0, len(starts), 2000):
+        batch = starts[i : i + 2000]
+        age = origin - (batch + lookback + horizon - 1)
+        for series in range(windows.data.n_series):
+            xt, yn, _, _, _, weight = windows.read(series, batch)
+            xw = xt * (weight * gamma ** age[:, None])[..., None]
+            gram = gram + xw.reshape(-1, k).T @ xt.reshape(-1, k)
+            cross = cross + xw.reshape(-1, k).T @ yn.reshape(-1, horizon)
+    return OnlineSums(gram, cross, origin)
+
+
+def online_beta(state: OnlineSums, ridge: float) -> np.ndarray:
+    """The map [K, H] of the state, ridge relative to G's mean diagonal, the bias not shrunk.
+    lstsq where the sums are singular (a constant stretch): the least-norm solution."""
+    k = state.gram.shape[0]
+    reg = ridge * np.trace(state.gram) / k * np.eye(k)
+    reg[-1, -1] = 0.0
+    try:
+        return np.linalg.solve(state.gram + reg, state.cross)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(state.gram + reg, state.cross, rcond=None)[0]
+
+
+def online_forecasts(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    half_life: float,
+    origins: tuple[int, int],
+    every: int = 0,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The online fit's forecasts at every origin in [origins[0], origins[1]], the sums started
+    from the windows ending by the first origin: (series, window starts [N], forecasts [N, H, C])
+    per block of `every` origins and series.
+
+    half_life in rows (inf: no forgetting); every: rows between solves (0: the cycle's length,
+    one day, or 1 without a cycle)."""
+    scale, floor = model_scale(data, splits.train)
+    windows = FitWindows(data, fit, scale, floor)
+    lookback, horizon = windows.lookback, windows.horizon
+    k = lookback + 1
+    period = 0 if fit.cycle is None else fit.cycle.shape[0]
+    every = every or max(period, 1)
+    if not half_life > 0 or every < 1:
+        raise ValueError(f"half_life must be > 0 and every >= 1, got {half_life}, {every}")
+    gamma = 2.0 ** (-1.0 / half_life) if math.isfinite(half_life) else 1.0
+    limit = data.n_steps - lookback - horizon + 1  # one past the last window's start
+    origin, last = origins
+    empty = OnlineSums(np.zeros((k, k)), np.zeros((k, horizon)), -1)
+    state = add_windows(empty, windows, origin, gamma, limit)
+    while origin <= last:
+        beta = online_beta(state, fit.ridge)
+        starts = np.arange(origin, min(origin + every, last + 1)) - lookback + 1
+        for series in range(data.n_series):
+            yield series, starts, windows.forecast(series, starts, beta)
+        origin += every
+        if origin <= last:
+            state = add_windows(state, windows, origin, gamma, limit)
+
+
+def score_online_fit(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    half_life: float,
+    scales: list[np.ndarray],
+    every: int = 0,
+) -> tuple[list[EvalResult], list[EvalResult]]:
+    """Every val and test window forecast by the online fit started from the training windows and
+    carried through val into test: (val results, test results), one per scale [C]."""
+    horizon = fit.beta.shape[1]
+    # The origins of each split's windows (the row before the first target).
+    ranges = {
+        name: (bounds[0] - 1, bounds[1] - horizon - 1)
+        for name, bounds in (("val", splits.val), ("test", splits.test))
+    }
+    sums = {name: [ErrorSums(horizon, s) for s in scales] for name in ranges}
+    span = (ranges["val"][0], ranges["test"][1])
+    lookback = fit.beta.shape[0] - 1
+    for series, starts, pred in online_forecasts(data, splits, fit, half_life, span, every):
+        origin = starts + lookback - 1
+        for name, (lo, hi) in ranges.items():
+            keep = (origin >= lo) & (origin <= hi)
+            if keep.any():
+                at = starts[keep]
+                truth = data.values[series, at[:, None] + lookback + np.arange(horizon)]
+                for e in sums[name]:
+                    e.add(pred[keep], truth)
+    return [e.result() for e in sums["val"]], [e.result() for e in sums["test"]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineChoice:
+    """The half-life (rows) chosen on val, its val and test results (one per scale), and the val
+    MSE (model scale) of every half-life tried."""
+
+    half_life: float
+    val: list[EvalResult]
+    test: list[EvalResult]
+    tried: dict[float, float]
+
+
+def choose_half_life(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    scales: list[np.ndarray],
+    every: int = 0,
+    fractions: tuple[float, ...] = HALF_LIVES,
+) -> OnlineChoice:
+    """score_online_fit at each half-life (fractions of the training rows), the lowest val MSE
+    under the first scale chosen; ties keep the earlier (no forgetting first)."""
+    if not fractions:
+        raise ValueError("choose_half_life needs at least one half-life to try")
+    n_train = splits.train[1] - splits.train[0]
+    best: OnlineChoice | None = None
+    tried: dict[float, float] = {}
+    for frac in fractions:
+        half_life = frac * n_train
+        val, test = score_online_fit(data, splits, fit, half_life, scales, every)
+        tried[half_life] = val[0].mse
+        if best is None or val[0].mse < best.val[0].mse:
+            best = OnlineChoice(half_life, val, test, {})
+    assert best is not None  # fractions is not empty
+    return dataclasses.replace(best, tried=tried)

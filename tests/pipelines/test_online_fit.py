@@ -1,0 +1,170 @@
+"""The online fit (pipelines/online_fit.py): its sums are the weighted ridge of exactly the windows
+seen, no value after an origin moves that origin's forecast, and it follows a change of regime
+that the training fit cannot."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.config import DataConfig
+from pipelines.data import SeriesData, read_dataset
+from pipelines.linear_fit import fit_linear, model_scale, score_linear_fit
+from pipelines.online_fit import (
+    OnlineSums,
+    FitWindows,
+    add_windows,
+    choose_half_life,
+    online_beta,
+    online_forecasts,
+    score_online_fit,
+)
+from pipelines.protocol import protocol_splits
+
+LOOKBACK, HORIZON, PERIOD = 12, 6, 24
+
+
+def _csv(path: Path, columns: dict[str, np.ndarray]) -> Path:
+    n = len(next(iter(columns.values())))
+    stamps = np.datetime64("2020-01-01T00:00") + np.arange(n).astype("timedelta64[h]")
+    rows = ["date," + ",".join(columns)]
+    for i, s in enumerate(stamps):
+        rows.append(
+            f"{s}," + ",".join("" if math.isnan(v[i]) else f"{v[i]:.6f}" for v in columns.values())
+        )
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> SeriesData:
+    """Two hourly channels with a daily cycle, noise and a missing value: 600 rows."""
+    rng = np.random.default_rng(1)
+    t = np.arange(600)
+    a = np.sin(2 * np.pi * t / PERIOD) + 0.3 * rng.standard_normal(600)
+    b = 3.0 + np.cos(2 * np.pi * t / PERIOD) + 0.5 * rng.standard_normal(600)
+    a[200] = np.nan
+    return read_dataset(
+        _csv(tmp_path_factory.mktemp("toy") / "toy.csv", {"a": a, "b": b}), DataConfig()
+    )
+
+
+def _brute_beta(data: SeriesData, fit, origin: int, gamma: float) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The weighted ridge solution written out window by window, channel by channel."""
+    scale, floor = model_scale(data, protocol_splits(data.name, data.n_steps).train)
+    period = fit.cycle.shape[0]
+    phase = FitWindows(data, fit, scale, floor).phases[0]  # type: ignore[index]
+    rows, targets, weights = [], [], []
+    values = data.values[0].astype(np.float64)
+    for s in range(0, origin - LOOKBACK - HORIZON + 2):
+        e = s + LOOKBACK + HORIZON - 1
+        at = phase[s + LOOKBACK - 1]
+        for c in range(values.shape[1]):
+            x, y = values[s : s + LOOKBACK, c], values[s + LOOKBACK : e + 1, c]
+            if np.isnan(x).any() or np.isnan(y).any():
+                continue
+            m, sd = x.mean(), math.sqrt(x.var() + floor[c])
+            q_in = fit.cycle[(at - LOOKBACK + 1 + np.arange(LOOKBACK)) % period, c]
+            q_out = fit.cycle[(at + 1 + np.arange(HORIZON)) % period, c]
+            rows.append(np.append((x - m) / sd - q_in, 1.0))
+            targets.append((y - m) / sd - q_out)
+            weights.append((sd / scale[c]) ** 2 * gamma ** (origin - e))
+    a, y, w = np.array(rows), np.array(targets), np.array(weights)
+    gram = (a * w[:, None]).T @ a
+    reg = fit.ridge * np.trace(gram) / a.shape[1] * np.eye(a.shape[1])
+    reg[-1, -1] = 0.0
+    return np.linalg.solve(gram + reg, (a * w[:, None]).T @ y)
+
+
+@pytest.mark.parametrize(("gamma", "ridge"), [(1.0, 0.0), (0.99, 0.1)])
+def test_the_online_map_is_the_weighted_ridge_of_the_windows_seen(
+    toy: SeriesData, gamma: float, ridge: float
+) -> None:
+    """Moved in uneven steps (decays compose), the state gives the ridge solution of exactly the
+    windows whose last target row is at or before the origin, weighted by gamma^age."""
+    splits = protocol_splits(toy.name, toy.n_steps)
+    fit = dataclasses.replace(fit_linear(toy, splits, LOOKBACK, HORIZON, PERIOD), ridge=ridge)
+    scale, floor = model_scale(toy, splits.train)
+    windows = FitWindows(toy, fit, scale, floor)
+    k = LOOKBACK + 1
+    state = OnlineSums(np.zeros((k, k)), np.zeros((k, HORIZON)), -1)
+    for origin in (150, 151, 190, 233, 470):
+        state = add_windows(state, windows, origin, gamma, toy.n_steps - LOOKBACK - HORIZON + 1)
+        np.testing.assert_allclose(
+            online_beta(state, ridge), _brute_beta(toy, fit, origin, gamma), rtol=1e-8, atol=1e-10
+        )
+
+
+def test_without_a_solve_it_is_the_training_fit(toy: SeriesData) -> None:
+    """Solved once at the first val origin, before any val window is seen, the online fit is the
+    closed-form fit (no cycle: one exact solve) on val and test alike."""
+    splits = protocol_splits(toy.name, toy.n_steps)
+    fit = fit_linear(toy, splits, LOOKBACK, HORIZON)
+    scale, _ = model_scale(toy, splits.train)
+    val, test = score_online_fit(toy, splits, fit, math.inf, [scale], every=10_000)
+    (val_fit,) = score_linear_fit(toy, splits.val, fit, model_scale(toy, splits.train)[1], [scale])
+    (test_fit,) = score_linear_fit(
+        toy, splits.test, fit, model_scale(toy, splits.train)[1], [scale]
+    )
+    assert val[0].mse == pytest.approx(val_fit.mse, rel=1e-9)
+    assert test[0].mse == pytest.approx(test_fit.mse, rel=1e-9)
+    assert (val[0].windows, test[0].windows) == (val_fit.windows, test_fit.windows)
+
+
+@pytest.mark.parametrize("every", [1, 7])
+def test_no_value_after_an_origin_moves_its_forecast(toy: SeriesData, every: int) -> None:
+    splits = protocol_splits(toy.name, toy.n_steps)
+    fit = fit_linear(toy, splits, LOOKBACK, HORIZON, PERIOD)
+    span = (splits.val[0] - 1, splits.test[1] - HORIZON - 1)
+    cut = 500  # every row after it is replaced
+    changed = dataclasses.replace(toy, values=toy.values.copy())
+    changed.values[:, cut + 1 :] = 10.0 + 5.0 * changed.values[:, cut + 1 :]
+
+    def upto(data: SeriesData) -> dict[int, np.ndarray]:
+        out = {}
+        for _, starts, pred in online_forecasts(data, splits, fit, 200.0, span, every):
+            for s, p in zip(starts, pred, strict=True):
+                out[int(s) + LOOKBACK - 1] = p
+        return out
+
+    before, after = upto(toy), upto(changed)
+    assert sorted(before) == list(range(span[0], span[1] + 1))
+    for origin in range(span[0], cut + 1):
+        np.testing.assert_array_equal(before[origin], after[origin])
+    # The test can fail: past the cut the forecasts do move.
+    assert not np.allclose(before[cut + 1], after[cut + 1])
+
+
+def test_a_change_of_regime_is_followed_online(tmp_path: Path) -> None:
+    """A channel whose dynamics flip after the training rows (a slow oscillation, then a fast
+    one): the training fit keeps forecasting the old one; the online fit, with the half-life
+    chosen on val, learns the new one from the val rows and scores far better on test."""
+    rng = np.random.default_rng(2)
+    n = 1000
+    t = np.arange(n)
+    flip = int(0.7 * n)
+    x = np.where(t < flip, np.sin(2 * np.pi * t / 48), np.sin(2 * np.pi * t / 9))
+    x = x + 0.1 * rng.standard_normal(n)
+    data = read_dataset(_csv(tmp_path / "flip.csv", {"x": x}), DataConfig())
+    splits = protocol_splits(data.name, data.n_steps)
+    fit = fit_linear(data, splits, LOOKBACK, HORIZON)
+    scale, floor = model_scale(data, splits.train)
+    (static,) = score_linear_fit(data, splits.test, fit, floor, [scale])
+    choice = choose_half_life(data, splits, fit, [scale])
+    assert set(choice.tried) == {f * 700 for f in (math.inf, 1.0, 0.5, 0.25, 0.125, 0.0625)}
+    assert choice.val[0].mse == min(choice.tried.values())
+    assert choice.test[0].mse < 0.5 * static.mse
+
+
+def test_bad_settings_are_clear_errors(toy: SeriesData) -> None:
+    splits = protocol_splits(toy.name, toy.n_steps)
+    fit = fit_linear(toy, splits, LOOKBACK, HORIZON)
+    scale, _ = model_scale(toy, splits.train)
+    with pytest.raises(ValueError, match="half_life"):
+        score_online_fit(toy, splits, fit, 0.0, [scale])
+    with pytest.raises(ValueError, match="at least one"):
+        choose_half_life(toy, splits, fit, [scale], fractions=())
