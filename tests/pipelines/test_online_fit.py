@@ -15,8 +15,8 @@ from pipelines.config import DataConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.linear_fit import fit_linear, model_scale, score_linear_fit
 from pipelines.online_fit import (
-    OnlineSums,
     FitWindows,
+    OnlineSums,
     add_windows,
     choose_half_life,
     online_beta,
