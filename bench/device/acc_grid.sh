@@ -5,8 +5,10 @@
 # point loss) with the shrink chosen on validation per channel and quarter of the horizon (every
 # row also reports the one-weight and per-channel shrinks). PART=l96: lookback 96 (windows
 # scored); PART=long: the longer lookback (LH, LM, LW), windows and full history scored.
-# DATASETS: a subset. RD: the fits' folder; a call carries at most 64 MiB, so the fits travel as
-# float32 copies (bench/device/fits32.py: the model's linear path is float32, so it starts the
+# DATASETS, HORIZONS: subsets. ONLINE=1 (with PART=long): the ensembles also score the full
+# history with the linear path refitted online (bench.accuracy --online; the fits in RD are its
+# start, so carry them in float64 there). RD: the fits' folder; a call carries at most 64 MiB, so
+# the fits travel as float32 copies (bench/device/fits32.py: the model's linear path is float32, so it starts the
 # same), only those the call needs.
 # Run on the lent GPU: bash bench/device/sweep.sh bash bench/device/acc_grid.sh (PART=...).
 T=${T:-480}
@@ -27,7 +29,7 @@ else
   declare -A LB=([ETTh1]=${LH:-512} [ETTm1]=${LM:-336} [weather]=${LW:-336}); SC=all
 fi
 for d in ${DATASETS:-ETTh1 ETTm1 weather}; do
-  for h in 96 192 336 720; do
+  for h in ${HORIZONS:-96 192 336 720}; do
     V=()
     for s in 0 1 2; do V+=(--variant "rc3shg_s$s=${OPTS[$d]} --seed $s"); done
     timeout $T $A --datasets $d --horizons $h --lookbacks ${LB[$d]} --jobs 3 --scores $SC \
@@ -38,7 +40,8 @@ wait
 echo "sweep done $(date)"
 for f in /tmp/ens_$PART/*; do
   timeout ${TE:-100} python3 -m bench.accuracy --ensemble-from $f --scores $SC --device cuda \
-    --out $OUT/ens.jsonl > $L/ens_$(basename $f).txt 2>&1 &
+    ${ONLINE:+--online --ridge-dir ${RD:-.bench_data/ridgec}} --out $OUT/ens.jsonl \
+    > $L/ens_$(basename $f).txt 2>&1 &
 done
 wait
 tar czf $OUT/logs.tgz -C /tmp logs_$PART

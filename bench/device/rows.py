@@ -42,4 +42,13 @@ for path in map(Path, sys.argv[1:]):
             r["epochs"],
             r["train_seconds"],
             r.get("score_seconds"),
+            "| online",
+            fmt(r.get("online_half_life")),
+            fmt(r.get("online_fit_val_mse")),
+            fmt(r.get("online_fit_full_history_mse_protocol")),
+            "val",
+            fmt(r.get("online_val_mse")),
+            "fh",
+            fmt(r.get("full_history_online_mse_protocol")),
+            r.get("online_seconds"),
         )
