@@ -7,9 +7,10 @@
 # scored); PART=long: the longer lookback (LH, LM, LW), windows and full history scored.
 # DATASETS, HORIZONS: subsets. ONLINE=1 (with PART=long): the ensembles also score the full
 # history with the linear path refitted online (bench.accuracy --online; the fits in RD are its
-# start, so carry them in float64 there; TE_OMP: the ensemble scorers' numpy threads). RD: the fits' folder; a call carries at most 64 MiB, so
-# the fits travel as float32 copies (bench/device/fits32.py: the model's linear path is float32, so it starts the
-# same), only those the call needs.
+# start, so carry them in float64 there; TE_OMP: the ensemble scorers' numpy threads). RD: the
+# fits' folder; a call carries at most 64 MiB, so the fits travel as float32 copies
+# (bench/device/fits32.py: the model's linear path is float32, so it starts the same), only those
+# the call needs.
 # Run on the lent GPU: bash bench/device/sweep.sh bash bench/device/acc_grid.sh (PART=...).
 T=${T:-480}
 PART=${PART:-l96}
@@ -39,7 +40,8 @@ done
 wait
 echo "sweep done $(date)"
 for f in /tmp/ens_$PART/*; do
-  OMP_NUM_THREADS=${TE_OMP:-1} timeout ${TE:-100} python3 -m bench.accuracy --ensemble-from $f --scores $SC --device cuda \
+  OMP_NUM_THREADS=${TE_OMP:-1} timeout ${TE:-100} python3 -m bench.accuracy --ensemble-from $f \
+    --scores $SC --device cuda \
     ${ONLINE:+--online --ridge-dir ${RD:-.bench_data/ridgec}} --out $OUT/ens.jsonl \
     > $L/ens_$(basename $f).txt 2>&1 &
 done
