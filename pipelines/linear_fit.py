@@ -51,7 +51,12 @@ def _norm_windows(
     w = values[starts[:, None] + np.arange(lookback + horizon)].astype(np.float64)
     x, y = w[:, :lookback].transpose(0, 2, 1), w[:, lookback:].transpose(0, 2, 1)
     ok = np.asarray(~(np.isnan(x).any(-1) | np.isnan(y).any(-1)))
-    m = np.nanmean(x, axis=-1, keepdims=True)
+    # nanmean's own sum / count, but a wholly missing input is NaN without a warning (ok is
+    # False there: the window is left out of the sums).
+    seen = ~np.isnan(x)
+    count = seen.sum(-1, keepdims=True)
+    total = np.where(seen, x, 0.0).sum(-1, keepdims=True)
+    m = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     x = np.where(np.isnan(x), m, x)
     s = np.sqrt(x.var(-1, keepdims=True) + floor[:, None])
     xt = np.concatenate([(x - m) / s, np.ones((*x.shape[:-1], 1))], axis=-1)
@@ -136,6 +141,9 @@ def fit_linear(
             xt, m, s, y, ok = _norm_windows(data.values[series], batch, lookback, horizon, floor)
             weight = np.where(ok, (s[..., 0] / scale) ** 2, 0.0)  # [N, C]
             yn = np.where(ok[..., None], (y - m) / s, 0.0)
+            # A window left out has weight 0, but its input is NaN where a whole channel is
+            # missing, and 0 * NaN would poison the sums.
+            xt = np.where(ok[..., None], xt, 0.0)
             xw = xt * weight[..., None]
             gram += xw.reshape(-1, k).T @ xt.reshape(-1, k)
             cross += xw.reshape(-1, k).T @ yn.reshape(-1, horizon)

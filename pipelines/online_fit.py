@@ -82,6 +82,14 @@ class FitWindows:
         weight = np.where(ok, (s[..., 0] / self.scale) ** 2, 0.0)
         return xt, np.where(ok[..., None], yn, 0.0), m, s, y, weight
 
+    def observed(
+        self, series: int, starts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The windows the sums take: inputs [N, C, K] (0 where left out: a wholly missing input
+        is NaN, and 0 * NaN would poison the sums), targets [N, C, H] and weight [N, C]."""
+        xt, yn, _, _, _, weight = self.read(series, starts)
+        return np.where((weight > 0)[..., None], xt, 0.0), yn, weight
+
     def forecast(self, series: int, starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
         """Forecasts [N, H, C] in data units of the windows at `starts` under the map beta."""
         xt, _, m, s, _, _ = self.read(series, starts)
@@ -106,7 +114,7 @@ def add_windows(
         batch = starts[i : i + 2000]
         age = origin - (batch + lookback + horizon - 1)
         for series in range(windows.data.n_series):
-            xt, yn, _, _, _, weight = windows.read(series, batch)
+            xt, yn, weight = windows.observed(series, batch)
             xw = xt * (weight * gamma ** age[:, None])[..., None]
             gram = gram + xw.reshape(-1, k).T @ xt.reshape(-1, k)
             cross = cross + xw.reshape(-1, k).T @ yn.reshape(-1, horizon)

@@ -160,6 +160,24 @@ def test_a_change_of_regime_is_followed_online(tmp_path: Path) -> None:
     assert choice.test[0].mse < 0.5 * static.mse
 
 
+def test_a_training_gap_longer_than_a_window_is_left_out(tmp_path: Path) -> None:
+    """A channel missing for longer than a window in the training rows: those windows have no
+    input mean, and 0 * NaN used to poison the sums (the fit then failed at every ridge
+    strength). The closed-form fit and the online fit skip them."""
+    rng = np.random.default_rng(3)
+    t = np.arange(600)
+    a = np.sin(2 * np.pi * t / PERIOD) + 0.3 * rng.standard_normal(600)
+    b = 3.0 + np.cos(2 * np.pi * t / PERIOD) + 0.5 * rng.standard_normal(600)
+    a[100:140] = np.nan
+    data = read_dataset(_csv(tmp_path / "gap.csv", {"a": a, "b": b}), DataConfig())
+    splits = protocol_splits(data.name, data.n_steps)
+    fit = fit_linear(data, splits, LOOKBACK, HORIZON, PERIOD)
+    assert np.isfinite(fit.beta).all() and math.isfinite(fit.val_mse)
+    scale, _ = model_scale(data, splits.train)
+    val, test = score_online_fit(data, splits, fit, math.inf, [scale])
+    assert math.isfinite(val[0].mse) and math.isfinite(test[0].mse)
+
+
 def test_bad_settings_are_clear_errors(toy: SeriesData) -> None:
     splits = protocol_splits(toy.name, toy.n_steps)
     fit = fit_linear(toy, splits, LOOKBACK, HORIZON)
