@@ -64,7 +64,6 @@ from pipelines.fit import (
 )
 from pipelines.linear_fit import (
     RIDGE_LAMBDAS,
-    LinearFit,
     fit_linear,
     load_fit,
     model_scale,
@@ -72,7 +71,7 @@ from pipelines.linear_fit import (
     score_linear_fit,
     set_linear_path,
 )
-from pipelines.online_fit import FitWindows, choose_half_life, online_forecasts
+from pipelines.online_fit import OnlinePath, choose_half_life, online_maps
 from pipelines.protocol import ErrorSums, EvalResult, protocol_splits, window_starts
 from pipelines.shrink import BackboneShrink
 
@@ -468,21 +467,6 @@ class MeanEnsemble(nn.Module):
         return torch.stack([y for y, _ in outs]).mean(0), tuple(s for _, s in outs)
 
 
-def linear_fit_of(model: Forecaster, ridge: float) -> LinearFit:
-    """A model's own linear path (and cycle) as a fit: beta [L + 1, H], float64."""
-    if model.linear is None:
-        raise ValueError("the online linear path needs a model with a linear path")
-    weight = model.linear.proj.weight.detach().double().cpu().numpy()
-    bias = model.linear.proj.bias.detach().double().cpu().numpy()
-    cycle = model.linear.cycle
-    return LinearFit(
-        np.concatenate([weight.T, bias[None]]),
-        ridge,
-        math.nan,
-        None if cycle is None else cycle.detach().double().cpu().numpy(),
-    )
-
-
 def online_scores(
     members: list[Forecaster],
     scored: Forecaster,
@@ -510,35 +494,33 @@ def online_scores(
         if saved is not None and saved.exists()
         else fit_linear(data, splits, length, cfg.horizon, cfg.cycle_length)
     )
-    scale, floor = model_scale(data, splits.train)
+    scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
     choice = choose_half_life(data, splits, fit, [scale, proto])
-    own = [
-        (FitWindows(data, f, scale, floor), f.beta)
-        for f in (linear_fit_of(m, fit.ridge) for m in members)
-    ]
     horizon = cfg.horizon
     ranges = {
         name: (bounds[0] - 1, bounds[1] - horizon - 1)
         for name, bounds in (("val", splits.val), ("test", splits.test))
     }
     sums = {name: [ErrorSums(horizon, scale), ErrorSums(horizon, proto)] for name in ranges}
+    span = (ranges["val"][0], ranges["test"][1])
+    maps = online_maps(data, splits, fit, choice.half_life, span)
+    swap = OnlinePath(members, fit, maps, data, splits)
     predict = model_predictor(scored)
     was_training = scored.training
     scored.eval()
-    span = (ranges["val"][0], ranges["test"][1])
-    for series, starts, online in online_forecasts(data, splits, fit, choice.half_life, span):
-        origin = starts + length - 1
+    for origin, _ in maps.blocks(span[1]):
+        # The model's window forecast (full history scores as the window to 0.001, RESULTS.md).
         idx = (origin - cfg.lookback + 1)[:, None] + np.arange(cfg.lookback)
-        pred = predict(data.values[series, idx], data.covariates[series, idx])[:, :horizon]
-        static = np.mean([w.forecast(series, starts, beta) for w, beta in own], axis=0)
-        pred = pred - static + online
-        for name, (lo, hi) in ranges.items():
-            keep = (origin >= lo) & (origin <= hi)
-            if keep.any():
-                truth = data.values[series, origin[keep][:, None] + 1 + np.arange(horizon)]
-                for e in sums[name]:
-                    e.add(pred[keep], truth)
+        for series in range(data.n_series):
+            pred = predict(data.values[series, idx], data.covariates[series, idx])[:, :horizon]
+            pred = swap(series, origin, pred)
+            for name, (lo, hi) in ranges.items():
+                keep = (origin >= lo) & (origin <= hi)
+                if keep.any():
+                    truth = data.values[series, origin[keep][:, None] + 1 + np.arange(horizon)]
+                    for e in sums[name]:
+                        e.add(pred[keep], truth)
     scored.train(was_training)
     val, test, test_p = sums["val"][0].result(), sums["test"][0].result(), sums["test"][1].result()
     return {

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from forecast.model import Forecaster
 from pipelines.data import SeriesData
 from pipelines.linear_fit import LinearFit, _cycle_index, _norm_windows, day_phases, model_scale
 from pipelines.protocol import ErrorSums, EvalResult, Splits
@@ -32,11 +33,15 @@ __all__ = [
     "HALF_LIVES",
     "FitWindows",
     "OnlineChoice",
+    "OnlineMaps",
+    "OnlinePath",
     "OnlineSums",
     "add_windows",
     "choose_half_life",
+    "linear_part",
     "online_beta",
     "online_forecasts",
+    "online_maps",
     "score_online_fit",
 ]
 
@@ -133,20 +138,42 @@ def online_beta(state: OnlineSums, ridge: float) -> np.ndarray:
         return np.linalg.lstsq(state.gram + reg, state.cross, rcond=None)[0]
 
 
-def online_forecasts(
+@dataclasses.dataclass(frozen=True)
+class OnlineMaps:
+    """The online fit's maps: betas[i] [K, H] serves the origins first + i * every onward (up to
+    the next), solved from the windows whose targets ended by first + i * every."""
+
+    first: int
+    every: int
+    betas: list[np.ndarray]
+
+    def blocks(self, last: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(origins [N], beta) for every origin from `first` to `last`."""
+        for i, beta in enumerate(self.betas):
+            lo = self.first + i * self.every
+            if lo > last:
+                return
+            yield np.arange(lo, min(lo + self.every, last + 1)), beta
+
+    def beta_of(self, origins: np.ndarray) -> np.ndarray:
+        """Each origin's block index [N] (origins inside the maps' span)."""
+        index = (origins - self.first) // self.every
+        if len(origins) and (index.min() < 0 or index.max() >= len(self.betas)):
+            raise ValueError("origins outside the online maps' span")
+        return index
+
+
+def online_maps(
     data: SeriesData,
     splits: Splits,
     fit: LinearFit,
     half_life: float,
     origins: tuple[int, int],
     every: int = 0,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """The online fit's forecasts at every origin in [origins[0], origins[1]], the sums started
-    from the windows ending by the first origin: (series, window starts [N], forecasts [N, H, C])
-    per block of `every` origins and series.
-
-    half_life in rows (inf: no forgetting); every: rows between solves (0: the cycle's length,
-    one day, or 1 without a cycle)."""
+) -> OnlineMaps:
+    """The online fit carried from the windows ending by origins[0] to origins[1], solved every
+    `every` rows. half_life in rows (inf: no forgetting); every 0: the cycle's length (one day),
+    or 1 without a cycle."""
     scale, floor = model_scale(data, splits.train)
     windows = FitWindows(data, fit, scale, floor)
     lookback, horizon = windows.lookback, windows.horizon
@@ -157,17 +184,80 @@ def online_forecasts(
         raise ValueError(f"half_life must be > 0 and every >= 1, got {half_life}, {every}")
     gamma = 2.0 ** (-1.0 / half_life) if math.isfinite(half_life) else 1.0
     limit = data.n_steps - lookback - horizon + 1  # one past the last window's start
-    origin, last = origins
-    empty = OnlineSums(np.zeros((k, k)), np.zeros((k, horizon)), -1)
-    state = add_windows(empty, windows, origin, gamma, limit)
-    while origin <= last:
-        beta = online_beta(state, fit.ridge)
-        starts = np.arange(origin, min(origin + every, last + 1)) - lookback + 1
+    first, last = origins
+    state = add_windows(
+        OnlineSums(np.zeros((k, k)), np.zeros((k, horizon)), -1), windows, first, gamma, limit
+    )
+    betas = [online_beta(state, fit.ridge)]
+    for origin in range(first + every, last + 1, every):
+        state = add_windows(state, windows, origin, gamma, limit)
+        betas.append(online_beta(state, fit.ridge))
+    return OnlineMaps(first, every, betas)
+
+
+def online_forecasts(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    half_life: float,
+    origins: tuple[int, int],
+    every: int = 0,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The online fit's forecasts at every origin in [origins[0], origins[1]] (`online_maps`):
+    (series, window starts [N], forecasts [N, H, C]) per block of origins and series."""
+    maps = online_maps(data, splits, fit, half_life, origins, every)
+    scale, floor = model_scale(data, splits.train)
+    windows = FitWindows(data, fit, scale, floor)
+    for at, beta in maps.blocks(origins[1]):
+        starts = at - windows.lookback + 1
         for series in range(data.n_series):
             yield series, starts, windows.forecast(series, starts, beta)
-        origin += every
-        if origin <= last:
-            state = add_windows(state, windows, origin, gamma, limit)
+
+
+def linear_part(model: Forecaster, ridge: float = 0.0) -> LinearFit:
+    """A model's own linear path (and cycle) as a fit: beta [L + 1, H] in float64."""
+    linear = model.linear
+    if linear is None or not linear.window_norm:
+        raise ValueError("the online linear path needs a model with linear_norm 'window'")
+    weight = linear.proj.weight.detach().double().cpu().numpy()
+    bias = linear.proj.bias.detach().double().cpu().numpy()
+    cycle = None if linear.cycle is None else linear.cycle.detach().double().cpu().numpy()
+    return LinearFit(np.concatenate([weight.T, bias[None]]), ridge, math.nan, cycle)
+
+
+class OnlinePath:
+    """A model's forecast with its linear path's part swapped for the online fit's:
+    pred - (the members' own linear path, averaged) + (the online fit), per origin. The
+    backbone's part is untouched. members: the model, or the members of a mean ensemble."""
+
+    def __init__(
+        self,
+        members: list[Forecaster],
+        fit: LinearFit,
+        maps: OnlineMaps,
+        data: SeriesData,
+        splits: Splits,
+    ):
+        scale, floor = model_scale(data, splits.train)
+        self.online = FitWindows(data, fit, scale, floor)
+        self.own = [FitWindows(data, linear_part(m), scale, floor) for m in members]
+        if any(w.lookback != self.online.lookback for w in self.own):
+            raise ValueError("the online fit and the model's linear path differ in length")
+        self.maps = maps
+
+    def __call__(self, series: int, origins: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """pred [N, h, C] at `origins` [N] (h <= the fit's horizon) -> the swapped forecast."""
+        h = pred.shape[1]
+        starts = origins - self.online.lookback + 1
+        index = self.maps.beta_of(origins)
+        out = np.array(pred, dtype=np.float64)
+        for block in np.unique(index):
+            rows = index == block
+            beta = self.maps.betas[block]
+            out[rows] += self.online.forecast(series, starts[rows], beta)[:, :h]
+        for own in self.own:
+            out -= own.forecast(series, starts, own.fit.beta)[:, :h] / len(self.own)
+        return out
 
 
 def score_online_fit(
