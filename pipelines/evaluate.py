@@ -24,6 +24,9 @@ __all__ = ["evaluate_model", "model_predictor"]
 # Rows per forward pass when carrying the state through the whole history.
 FULL_HISTORY_CHUNK = 512
 
+# adjust(series, origins [N], forecasts [N, H, C]) -> forecasts: a change made per origin.
+Adjust = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
 
 def model_predictor(model: Forecaster) -> Predictor:
     """Point forecast from the last position of each input window, in data units."""
@@ -50,6 +53,7 @@ def evaluate_model(
     batch_size: int = 512,
     progress: bool = False,
     score_scale: np.ndarray | None = None,
+    online: Adjust | None = None,
 ) -> EvalResult:
     """MSE/MAE on scaled values (the model's own scaler) over every window of `split`.
 
@@ -58,7 +62,11 @@ def evaluate_model(
     origin (no window at all); the windows scored, and their targets, are the same.
     progress: a tqdm bar on stderr over the batches (windows) or chunks (full history).
     score_scale [C]: the per-channel scale errors are divided by (default: the model's scaler).
+    online (full history only): adjusts each forecast, adjust(series, origins [N], pred [N, H, C])
+    -> pred; pipelines/online_fit.OnlinePath swaps in the linear path refitted online.
     """
+    if online is not None and not full_history:
+        raise ValueError("the online linear path is a full-history mode: use full_history=True")
     if horizon > model.config.horizon:
         raise ValueError(f"horizon {horizon} exceeds the model's horizon {model.config.horizon}")
     bounds = protocol_splits(data.name, data.n_steps, split_mode).get(split)
@@ -87,7 +95,9 @@ def evaluate_model(
             return evaluate_windows(
                 predict, data.values, data.covariates, bounds, lookback, horizon, scale, batch_size
             )
-        return _full_history(model, data, bounds, lookback, horizon, scale, tick=bar.update)
+        return _full_history(
+            model, data, bounds, lookback, horizon, scale, tick=bar.update, adjust=online
+        )
     finally:
         bar.close()
         model.train(was_training)
@@ -103,6 +113,7 @@ def _full_history(
     scale: np.ndarray,
     chunk: int = FULL_HISTORY_CHUNK,
     tick: Callable[[], object] | None = None,
+    adjust: Adjust | None = None,
 ) -> EvalResult:
     starts = window_starts(bounds, lookback, horizon)
     # Forecast origins: the last input row of each window.
@@ -128,6 +139,8 @@ def _full_history(
             if len(origins) == 0:
                 continue
             pred = model.point(y[0, origins - lo, :horizon]).float().cpu().numpy()
+            if adjust is not None:
+                pred = adjust(series, origins, pred)
             truth = data.values[series, origins[:, None] + 1 + np.arange(horizon)]
             sums.add(pred, truth)
     return sums.result()

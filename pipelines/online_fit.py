@@ -26,8 +26,15 @@ import numpy as np
 
 from forecast.model import Forecaster
 from pipelines.data import SeriesData
-from pipelines.linear_fit import LinearFit, _cycle_index, _norm_windows, day_phases, model_scale
-from pipelines.protocol import ErrorSums, EvalResult, Splits
+from pipelines.linear_fit import (
+    LinearFit,
+    _cycle_index,
+    _norm_windows,
+    day_phases,
+    fit_linear,
+    model_scale,
+)
+from pipelines.protocol import ErrorSums, EvalResult, Splits, window_starts
 
 __all__ = [
     "HALF_LIVES",
@@ -42,6 +49,7 @@ __all__ = [
     "online_beta",
     "online_forecasts",
     "online_maps",
+    "online_path",
     "score_online_fit",
 ]
 
@@ -325,3 +333,29 @@ def choose_half_life(
             best = OnlineChoice(half_life, val, test, {})
     assert best is not None  # fractions is not empty
     return dataclasses.replace(best, tried=tried)
+
+
+def online_path(
+    model: Forecaster,
+    data: SeriesData,
+    splits: Splits,
+    split: str,
+    lookback: int,
+    horizon: int,
+) -> tuple[OnlinePath, float]:
+    """The online linear path for scoring `model` on `split` in full history (`statecast
+    evaluate --full-history --online`): the closed-form fit of the model's linear path (its
+    length, horizon and cycle) on the training rows, the half-life the fit alone scores best on
+    val, and the maps over the split's origins. -> (the swap, the half-life in rows)."""
+    linear = model.linear
+    if linear is None or not linear.window_norm:
+        raise ValueError("--online needs a model with the linear path and linear_norm 'window'")
+    if split == "train":
+        raise ValueError("--online starts from the training windows: score val or test")
+    fit = fit_linear(data, splits, linear.length, model.config.horizon, model.config.cycle_length)
+    scale, _ = model_scale(data, splits.train)
+    choice = choose_half_life(data, splits, fit, [scale])
+    starts = window_starts(splits.get(split), lookback, horizon)
+    origins = (int(starts[0]) + lookback - 1, int(starts[-1]) + lookback - 1)
+    maps = online_maps(data, splits, fit, choice.half_life, origins)
+    return OnlinePath([model], fit, maps, data, splits), choice.half_life

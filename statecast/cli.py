@@ -157,6 +157,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.online and not args.full_history:
+        raise SystemExit("statecast evaluate: --online is a full-history mode; add --full-history")
     import mlflow
 
     from pipelines import settings
@@ -176,6 +178,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     data = read_dataset(args.data, data_cfg)
     lookback = args.lookback or int(extra["lookback"])
+    online, half_life = None, None
+    if args.online:
+        from pipelines.online_fit import online_path
+        from pipelines.protocol import protocol_splits
+
+        if args.horizon > model.config.horizon:
+            raise SystemExit(
+                f"statecast evaluate: horizon {args.horizon} exceeds the model's "
+                f"{model.config.horizon}"
+            )
+        splits = protocol_splits(data.name, data.n_steps, args.split_mode)
+        online, half_life = online_path(model, data, splits, args.split, lookback, args.horizon)
     res = evaluate_model(
         model,
         data,
@@ -185,8 +199,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.split_mode,
         args.full_history,
         progress=not args.no_progress,
+        online=online,
     )
-    print(json.dumps(res.summary()))
+    summary: dict[str, object] = dict(res.summary())
+    if args.online:
+        summary["online_half_life"] = half_life
+    print(json.dumps(summary))
     return 0
 
 
@@ -438,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--split-mode", default="auto", choices=["auto", "ett-hourly", "ett-15min", "ratio"]
     )
     ev.add_argument("--full-history", action="store_true", help="carry state through all data")
+    ev.add_argument(
+        "--online",
+        action="store_true",
+        help="with --full-history: the linear path refitted online as targets arrive "
+        "(half-life chosen on val; docs/RESULTS.md, ninth section)",
+    )
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(fn=_evaluate)
 

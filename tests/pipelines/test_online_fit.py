@@ -6,14 +6,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from pipelines.config import DataConfig
+from forecast import build_model
+from forecast.model import Forecaster
+from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
-from pipelines.linear_fit import fit_linear, model_scale, score_linear_fit
+from pipelines.evaluate import evaluate_model
+from pipelines.linear_fit import (
+    LinearFit,
+    fit_linear,
+    model_scale,
+    score_linear_fit,
+    set_linear_path,
+)
 from pipelines.online_fit import (
     FitWindows,
     OnlineSums,
@@ -21,9 +33,10 @@ from pipelines.online_fit import (
     choose_half_life,
     online_beta,
     online_forecasts,
+    online_path,
     score_online_fit,
 )
-from pipelines.protocol import protocol_splits
+from pipelines.protocol import ErrorSums, protocol_splits
 
 LOOKBACK, HORIZON, PERIOD = 12, 6, 24
 
@@ -176,6 +189,73 @@ def test_a_training_gap_longer_than_a_window_is_left_out(tmp_path: Path) -> None
     scale, _ = model_scale(data, splits.train)
     val, test = score_online_fit(data, splits, fit, math.inf, [scale])
     assert math.isfinite(val[0].mse) and math.isfinite(test[0].mse)
+
+
+def _model_at_the_fit(data: SeriesData, cycle: int) -> tuple[Forecaster, LinearFit]:
+    """A model whose forecast is its linear path, set to the closed-form fit (zero head)."""
+    splits = protocol_splits(data.name, data.n_steps)
+    cfg = TrainConfig(
+        data="toy.csv",
+        kind="diagonal_ssm",
+        lookback=LOOKBACK,
+        horizon=HORIZON,
+        d_model=8,
+        n_layers=1,
+        linear_norm="window",
+        zero_head=True,
+        cycle_length=cycle,
+    )
+    model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
+    model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))
+    fit = fit_linear(data, splits, LOOKBACK, HORIZON, cycle)
+    set_linear_path(model, fit)
+    return model, fit
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_full_history_with_the_online_path_is_the_online_fit_on_a_model_at_the_fit(
+    toy: SeriesData, split: str
+) -> None:
+    """statecast evaluate --full-history --online on a model whose forecast is its linear path:
+    the online fit alone, on the same origins, with the half-life the fit chooses on val."""
+    model, fit = _model_at_the_fit(toy, PERIOD)
+    splits = protocol_splits(toy.name, toy.n_steps)
+    swap, half_life = online_path(model, toy, splits, split, LOOKBACK, HORIZON)
+    scale, _ = model_scale(toy, splits.train)
+    assert half_life == choose_half_life(toy, splits, fit, [scale]).half_life
+    got = evaluate_model(model, toy, LOOKBACK, HORIZON, split, full_history=True, online=swap)
+    bounds = splits.get(split)
+    origins = (bounds[0] - 1, bounds[1] - HORIZON - 1)
+    want = ErrorSums(HORIZON, scale)
+    for series, starts, pred in online_forecasts(toy, splits, fit, half_life, origins):
+        want.add(pred, toy.values[series, starts[:, None] + LOOKBACK + np.arange(HORIZON)])
+    assert got.windows == want.result().windows
+    # Float32 model against the float64 fit.
+    assert got.mse == pytest.approx(want.result().mse, rel=1e-5)
+    frozen = evaluate_model(model, toy, LOOKBACK, HORIZON, split, full_history=True)
+    # The swap changes the forecasts (on this stationary toy, by about 0.5% per step).
+    assert not np.allclose(got.mse_by_step, frozen.mse_by_step, rtol=1e-3)
+
+
+def test_the_online_path_needs_full_history_and_a_window_normalised_linear_path(
+    toy: SeriesData,
+) -> None:
+    model, _ = _model_at_the_fit(toy, 0)
+    splits = protocol_splits(toy.name, toy.n_steps)
+    swap, _ = online_path(model, toy, splits, "test", LOOKBACK, HORIZON)
+    with pytest.raises(ValueError, match="full-history mode"):
+        evaluate_model(model, toy, LOOKBACK, HORIZON, "test", online=swap)
+    with pytest.raises(ValueError, match="score val or test"):
+        online_path(model, toy, splits, "train", LOOKBACK, HORIZON)
+    model.linear.window_norm = False  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="linear_norm 'window'"):
+        online_path(model, toy, splits, "test", LOOKBACK, HORIZON)
+    cli = subprocess.run(
+        [sys.executable, "-m", "statecast", "evaluate", "--model-uri", "runs:/x/model",
+         "--data", "toy.csv", "--horizon", "6", "--online"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cli.returncode != 0 and "add --full-history" in cli.stderr
 
 
 def test_bad_settings_are_clear_errors(toy: SeriesData) -> None:

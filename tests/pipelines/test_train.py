@@ -3,15 +3,23 @@ train on a slice of ETTh1, resume, register with the champion rule, load back th
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import read_dataset
+from pipelines.linear_fit import fit_linear, model_scale
+from pipelines.online_fit import choose_half_life, online_forecasts
+from pipelines.protocol import ErrorSums, protocol_splits
 from pipelines.pyfunc import forecast_frame
 from pipelines.train import TrainResult, register_model, train
 
@@ -97,6 +105,36 @@ def test_registered_model_predicts_like_the_in_memory_model(
     want = forecast_frame(trained.model, extra, history)
     assert len(got) == 8 * 7
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_exact=True)
+
+
+def test_evaluate_full_history_with_the_online_linear_path(
+    trained: TrainResult, etth1_slice: Path
+) -> None:
+    """`statecast evaluate --full-history --online` on the logged model, which is the fit (see
+    above): the online fit alone on the test origins, with the half-life it chooses on val."""
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "statecast", "evaluate", "--model-uri", trained.model_uri,
+            "--data", str(etth1_slice), "--horizon", "8", "--split-mode", "ratio",
+            "--full-history", "--online", "--no-progress",
+        ],
+        capture_output=True, text=True, timeout=300, env={**os.environ},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    data = read_dataset(etth1_slice, DataConfig(split="ratio"))
+    splits = protocol_splits(data.name, data.n_steps, "ratio")
+    fit = fit_linear(data, splits, 32, 8, 24)
+    scale, _ = model_scale(data, splits.train)
+    assert out["online_half_life"] == choose_half_life(data, splits, fit, [scale]).half_life
+    want = ErrorSums(8, scale)
+    origins = (splits.test[0] - 1, splits.test[1] - 8 - 1)
+    for series, starts, pred in online_forecasts(
+        data, splits, fit, out["online_half_life"], origins
+    ):
+        want.add(pred, data.values[series, starts[:, None] + 32 + np.arange(8)])
+    assert out["windows"] == want.result().windows
+    assert out["mse"] == pytest.approx(want.result().mse, rel=1e-5)
 
 
 def test_champion_moves_only_on_better_validation(trained: TrainResult) -> None:
