@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from forecast.model import Forecaster
 from pipelines.data import SeriesData
@@ -317,9 +318,11 @@ def choose_half_life(
     scales: list[np.ndarray],
     every: int = 0,
     fractions: tuple[float, ...] = HALF_LIVES,
+    tick: Callable[[], object] | None = None,
 ) -> OnlineChoice:
     """score_online_fit at each half-life (fractions of the training rows), the lowest val MSE
-    under the first scale chosen; ties keep the earlier (no forgetting first)."""
+    under the first scale chosen; ties keep the earlier (no forgetting first). tick: called
+    after each half-life (a progress bar)."""
     if not fractions:
         raise ValueError("choose_half_life needs at least one half-life to try")
     n_train = splits.train[1] - splits.train[0]
@@ -329,6 +332,8 @@ def choose_half_life(
         half_life = frac * n_train
         val, test = score_online_fit(data, splits, fit, half_life, scales, every)
         tried[half_life] = val[0].mse
+        if tick is not None:
+            tick()
         if best is None or val[0].mse < best.val[0].mse:
             best = OnlineChoice(half_life, val, test, {})
     assert best is not None  # fractions is not empty
@@ -342,19 +347,29 @@ def online_path(
     split: str,
     lookback: int,
     horizon: int,
+    progress: bool = False,
 ) -> tuple[OnlinePath, float]:
     """The online linear path for scoring `model` on `split` in full history (`statecast
     evaluate --full-history --online`): the closed-form fit of the model's linear path (its
     length, horizon and cycle) on the training rows, the half-life the fit alone scores best on
-    val, and the maps over the split's origins. -> (the swap, the half-life in rows)."""
+    val, and the maps over the split's origins. -> (the swap, the half-life in rows).
+    progress: a tqdm bar on stderr over the fit and the half-lives (minutes on long data)."""
     linear = model.linear
     if linear is None or not linear.window_norm:
         raise ValueError("--online needs a model with the linear path and linear_norm 'window'")
     if split == "train":
         raise ValueError("--online starts from the training windows: score val or test")
-    fit = fit_linear(data, splits, linear.length, model.config.horizon, model.config.cycle_length)
-    scale, _ = model_scale(data, splits.train)
-    choice = choose_half_life(data, splits, fit, [scale])
+    if horizon > model.config.horizon:
+        raise ValueError(f"horizon {horizon} exceeds the model's horizon {model.config.horizon}")
+    with tqdm(
+        total=1 + len(HALF_LIVES), desc="online fit", unit="step", disable=not progress
+    ) as bar:
+        fit = fit_linear(
+            data, splits, linear.length, model.config.horizon, model.config.cycle_length
+        )
+        bar.update()
+        scale, _ = model_scale(data, splits.train)
+        choice = choose_half_life(data, splits, fit, [scale], tick=bar.update)
     starts = window_starts(splits.get(split), lookback, horizon)
     origins = (int(starts[0]) + lookback - 1, int(starts[-1]) + lookback - 1)
     maps = online_maps(data, splits, fit, choice.half_life, origins)

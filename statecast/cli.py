@@ -183,13 +183,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         from pipelines.online_fit import online_path
         from pipelines.protocol import protocol_splits
 
-        if args.horizon > model.config.horizon:
-            raise SystemExit(
-                f"statecast evaluate: horizon {args.horizon} exceeds the model's "
-                f"{model.config.horizon}"
-            )
         splits = protocol_splits(data.name, data.n_steps, args.split_mode)
-        online, half_life = online_path(model, data, splits, args.split, lookback, args.horizon)
+        online, half_life = online_path(
+            model, data, splits, args.split, lookback, args.horizon, not args.no_progress
+        )
     res = evaluate_model(
         model,
         data,

@@ -247,6 +247,8 @@ def test_the_online_path_needs_full_history_and_a_window_normalised_linear_path(
         evaluate_model(model, toy, LOOKBACK, HORIZON, "test", online=swap)
     with pytest.raises(ValueError, match="score val or test"):
         online_path(model, toy, splits, "train", LOOKBACK, HORIZON)
+    with pytest.raises(ValueError, match="exceeds the model's horizon"):
+        online_path(model, toy, splits, "test", LOOKBACK, HORIZON + 1)
     model.linear.window_norm = False  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="linear_norm 'window'"):
         online_path(model, toy, splits, "test", LOOKBACK, HORIZON)
