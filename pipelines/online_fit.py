@@ -45,13 +45,16 @@ __all__ = [
     "OnlinePath",
     "OnlineSums",
     "add_windows",
+    "add_windows_many",
     "choose_half_life",
     "linear_part",
     "online_beta",
     "online_forecasts",
     "online_maps",
     "online_path",
+    "online_span",
     "score_online_fit",
+    "score_online_fits",
 ]
 
 # Half-lives tried, as fractions of the training split's rows (inf: every window counts alike).
@@ -106,11 +109,17 @@ class FitWindows:
 
     def forecast(self, series: int, starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
         """Forecasts [N, H, C] in data units of the windows at `starts` under the map beta."""
+        return self.forecast_many(series, starts, [beta])[0]
+
+    def forecast_many(
+        self, series: int, starts: np.ndarray, betas: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        """The same under each map, the windows read once (reading is most of the cost)."""
         xt, _, m, s, _, _ = self.read(series, starts)
-        norm = xt @ beta
+        cycle = 0.0
         if self.phases is not None:
-            norm = norm + self.q_out[self.phases[series][starts + self.lookback - 1]]
-        return (s * norm + m).transpose(0, 2, 1)
+            cycle = self.q_out[self.phases[series][starts + self.lookback - 1]]
+        return [(s * (xt @ beta + cycle) + m).transpose(0, 2, 1) for beta in betas]
 
 
 def add_windows(
@@ -118,21 +127,38 @@ def add_windows(
 ) -> OnlineSums:
     """The state moved to row `origin`: old sums decayed by gamma^(origin - state.origin), plus
     every window whose last target row e is in (state.origin, origin] (starts below `limit`)."""
+    return add_windows_many([state], windows, origin, [gamma], limit)[0]
+
+
+def add_windows_many(
+    states: list[OnlineSums],
+    windows: FitWindows,
+    origin: int,
+    gammas: list[float],
+    limit: int,
+) -> list[OnlineSums]:
+    """`add_windows` for states of one origin under several forgetting factors, the new windows
+    read once."""
     lookback, horizon = windows.lookback, windows.horizon
     k = lookback + 1
-    decay = gamma ** (origin - state.origin)
-    gram, cross = state.gram * decay, state.cross * decay
-    first = max(state.origin - lookback - horizon + 2, 0)
+    before = states[0].origin
+    if any(st.origin != before for st in states):
+        raise ValueError("add_windows_many moves states of one origin")
+    grams = [st.gram * g ** (origin - before) for st, g in zip(states, gammas, strict=True)]
+    crosses = [st.cross * g ** (origin - before) for st, g in zip(states, gammas, strict=True)]
+    first = max(before - lookback - horizon + 2, 0)
     starts = np.arange(first, min(origin - lookback - horizon + 2, limit))
     for i in range(0, len(starts), 2000):
         batch = starts[i : i + 2000]
         age = origin - (batch + lookback + horizon - 1)
         for series in range(windows.data.n_series):
             xt, yn, weight = windows.observed(series, batch)
-            xw = xt * (weight * gamma ** age[:, None])[..., None]
-            gram = gram + xw.reshape(-1, k).T @ xt.reshape(-1, k)
-            cross = cross + xw.reshape(-1, k).T @ yn.reshape(-1, horizon)
-    return OnlineSums(gram, cross, origin)
+            x2, y2 = xt.reshape(-1, k), yn.reshape(-1, horizon)
+            for j, g in enumerate(gammas):
+                w = (weight * g ** age[:, None]).reshape(-1, 1)
+                grams[j] = grams[j] + (x2 * w).T @ x2
+                crosses[j] = crosses[j] + (x2 * w).T @ y2
+    return [OnlineSums(g, c, origin) for g, c in zip(grams, crosses, strict=True)]
 
 
 def online_beta(state: OnlineSums, ridge: float) -> np.ndarray:
@@ -172,6 +198,46 @@ class OnlineMaps:
         return index
 
 
+def _gamma(half_life: float) -> float:
+    if not half_life > 0:
+        raise ValueError(f"half_life must be > 0 (rows; inf: no forgetting), got {half_life}")
+    return 2.0 ** (-1.0 / half_life) if math.isfinite(half_life) else 1.0
+
+
+def _every(fit: LinearFit, every: int) -> int:
+    """Rows between solves: given, else the cycle's length (one day), else 1."""
+    every = every or (1 if fit.cycle is None else fit.cycle.shape[0])
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    return every
+
+
+def _online_blocks(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    half_lives: list[float],
+    origins: tuple[int, int],
+    every: int,
+) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """The online fit under each half-life in lockstep: (the block's origins [N], each
+    half-life's map [K, H]) per block of `every` origins from origins[0] to origins[1]."""
+    scale, floor = model_scale(data, splits.train)
+    windows = FitWindows(data, fit, scale, floor)
+    gammas = [_gamma(h) for h in half_lives]
+    every = _every(fit, every)
+    k, horizon = windows.lookback + 1, windows.horizon
+    limit = data.n_steps - windows.lookback - horizon + 1  # one past the last window's start
+    first, last = origins
+    empty = OnlineSums(np.zeros((k, k)), np.zeros((k, horizon)), -1)
+    states = add_windows_many([empty] * len(gammas), windows, first, gammas, limit)
+    for origin in range(first, last + 1, every):
+        if origin > first:
+            states = add_windows_many(states, windows, origin, gammas, limit)
+        at = np.arange(origin, min(origin + every, last + 1))
+        yield at, [online_beta(st, fit.ridge) for st in states]
+
+
 def online_maps(
     data: SeriesData,
     splits: Splits,
@@ -183,25 +249,8 @@ def online_maps(
     """The online fit carried from the windows ending by origins[0] to origins[1], solved every
     `every` rows. half_life in rows (inf: no forgetting); every 0: the cycle's length (one day),
     or 1 without a cycle."""
-    scale, floor = model_scale(data, splits.train)
-    windows = FitWindows(data, fit, scale, floor)
-    lookback, horizon = windows.lookback, windows.horizon
-    k = lookback + 1
-    period = 0 if fit.cycle is None else fit.cycle.shape[0]
-    every = every or max(period, 1)
-    if not half_life > 0 or every < 1:
-        raise ValueError(f"half_life must be > 0 and every >= 1, got {half_life}, {every}")
-    gamma = 2.0 ** (-1.0 / half_life) if math.isfinite(half_life) else 1.0
-    limit = data.n_steps - lookback - horizon + 1  # one past the last window's start
-    first, last = origins
-    state = add_windows(
-        OnlineSums(np.zeros((k, k)), np.zeros((k, horizon)), -1), windows, first, gamma, limit
-    )
-    betas = [online_beta(state, fit.ridge)]
-    for origin in range(first + every, last + 1, every):
-        state = add_windows(state, windows, origin, gamma, limit)
-        betas.append(online_beta(state, fit.ridge))
-    return OnlineMaps(first, every, betas)
+    blocks = _online_blocks(data, splits, fit, [half_life], origins, every)
+    return OnlineMaps(origins[0], _every(fit, every), [betas[0] for _, betas in blocks])
 
 
 def online_forecasts(
@@ -279,25 +328,51 @@ def score_online_fit(
 ) -> tuple[list[EvalResult], list[EvalResult]]:
     """Every val and test window forecast by the online fit started from the training windows and
     carried through val into test: (val results, test results), one per scale [C]."""
+    return score_online_fits(data, splits, fit, [half_life], scales, every)[0]
+
+
+def online_span(splits: Splits, fit: LinearFit, every: int = 0) -> range:
+    """The solve origins of `score_online_fits`: from the first val window's origin to the last
+    test window's, every `every` rows."""
     horizon = fit.beta.shape[1]
+    return range(splits.val[0] - 1, splits.test[1] - horizon, _every(fit, every))
+
+
+def score_online_fits(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    half_lives: list[float],
+    scales: list[np.ndarray],
+    every: int = 0,
+    tick: Callable[[], object] | None = None,
+) -> list[tuple[list[EvalResult], list[EvalResult]]]:
+    """`score_online_fit` under each half-life, in one pass over the data (the windows read once
+    for all): one (val results, test results) per half-life. tick: called after each block."""
+    horizon, lookback = fit.beta.shape[1], fit.beta.shape[0] - 1
     # The origins of each split's windows (the row before the first target).
     ranges = {
         name: (bounds[0] - 1, bounds[1] - horizon - 1)
         for name, bounds in (("val", splits.val), ("test", splits.test))
     }
-    sums = {name: [ErrorSums(horizon, s) for s in scales] for name in ranges}
+    sums = [{name: [ErrorSums(horizon, s) for s in scales] for name in ranges} for _ in half_lives]
+    scale, floor = model_scale(data, splits.train)
+    windows = FitWindows(data, fit, scale, floor)
     span = (ranges["val"][0], ranges["test"][1])
-    lookback = fit.beta.shape[0] - 1
-    for series, starts, pred in online_forecasts(data, splits, fit, half_life, span, every):
-        origin = starts + lookback - 1
-        for name, (lo, hi) in ranges.items():
-            keep = (origin >= lo) & (origin <= hi)
-            if keep.any():
-                at = starts[keep]
-                truth = data.values[series, at[:, None] + lookback + np.arange(horizon)]
-                for e in sums[name]:
-                    e.add(pred[keep], truth)
-    return [e.result() for e in sums["val"]], [e.result() for e in sums["test"]]
+    for origin, betas in _online_blocks(data, splits, fit, half_lives, span, every):
+        starts = origin - lookback + 1
+        for series in range(data.n_series):
+            preds = windows.forecast_many(series, starts, betas)
+            for name, (lo, hi) in ranges.items():
+                keep = (origin >= lo) & (origin <= hi)
+                if keep.any():
+                    truth = data.values[series, origin[keep][:, None] + 1 + np.arange(horizon)]
+                    for pred, by in zip(preds, sums, strict=True):
+                        for e in by[name]:
+                            e.add(pred[keep], truth)
+        if tick is not None:
+            tick()
+    return [([e.result() for e in by["val"]], [e.result() for e in by["test"]]) for by in sums]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,24 +395,20 @@ def choose_half_life(
     fractions: tuple[float, ...] = HALF_LIVES,
     tick: Callable[[], object] | None = None,
 ) -> OnlineChoice:
-    """score_online_fit at each half-life (fractions of the training rows), the lowest val MSE
-    under the first scale chosen; ties keep the earlier (no forgetting first). tick: called
-    after each half-life (a progress bar)."""
+    """score_online_fit at each half-life (fractions of the training rows; all in one pass), the
+    lowest val MSE under the first scale chosen; ties keep the earlier (no forgetting first).
+    tick: called after each block of `online_span` (a progress bar)."""
     if not fractions:
         raise ValueError("choose_half_life needs at least one half-life to try")
     n_train = splits.train[1] - splits.train[0]
-    best: OnlineChoice | None = None
-    tried: dict[float, float] = {}
-    for frac in fractions:
-        half_life = frac * n_train
-        val, test = score_online_fit(data, splits, fit, half_life, scales, every)
-        tried[half_life] = val[0].mse
-        if tick is not None:
-            tick()
-        if best is None or val[0].mse < best.val[0].mse:
-            best = OnlineChoice(half_life, val, test, {})
-    assert best is not None  # fractions is not empty
-    return dataclasses.replace(best, tried=tried)
+    half_lives = [frac * n_train for frac in fractions]
+    scored = score_online_fits(data, splits, fit, half_lives, scales, every, tick)
+    best = min(range(len(half_lives)), key=lambda i: scored[i][0][0].mse)  # first of ties
+    return OnlineChoice(
+        half_lives[best],
+        *scored[best],
+        {h: val[0].mse for h, (val, _) in zip(half_lives, scored, strict=True)},
+    )
 
 
 def online_path(
@@ -361,12 +432,11 @@ def online_path(
         raise ValueError("--online starts from the training windows: score val or test")
     if horizon > model.config.horizon:
         raise ValueError(f"horizon {horizon} exceeds the model's horizon {model.config.horizon}")
-    with tqdm(
-        total=1 + len(HALF_LIVES), desc="online fit", unit="step", disable=not progress
-    ) as bar:
+    with tqdm(desc="online fit", unit="step", disable=not progress) as bar:
         fit = fit_linear(
             data, splits, linear.length, model.config.horizon, model.config.cycle_length
         )
+        bar.total = 1 + len(online_span(splits, fit))
         bar.update()
         scale, _ = model_scale(data, splits.train)
         choice = choose_half_life(data, splits, fit, [scale], tick=bar.update)
