@@ -317,6 +317,7 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
         while len(_markers(kafka_bootstrap, cfg.changelog, 2)) < 2:
             assert time.monotonic() < deadline, "no checkpoint of both partitions"
             time.sleep(0.5)
+        tries_before = proc.metrics.transaction_failures
         _set_max_message_bytes(admin, cfg.changelog, limit)
         send(parts[1])
         deadline = time.monotonic() + 60
@@ -327,13 +328,21 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
         # (what was committed before the first refusal is read first).
         # At least 8 s, and until the refusal has been retried twice: how soon a retry comes is
         # up to the machine (an abort the broker is slow to answer reopens the clients), so the
-        # window waits for retries, bounded, instead of counting them in a fixed time.
+        # window waits for retries, bounded, instead of counting them in a fixed time. A retry
+        # is a failed transaction: kafka-python sometimes fails a retried transaction
+        # ("UnknownError: Future not done") before the refused record's future settles, and the
+        # processor then logs a transaction failure, not a checkpoint refusal (it backs off,
+        # aborts and rewinds the same way).
         tail.drain(1.0)
         t_fail = time.monotonic()
-        while time.monotonic() - t_fail < 8.0 or proc.metrics.checkpoint_failures < 3:
+
+        def tries() -> int:
+            return proc.metrics.transaction_failures - tries_before
+
+        while time.monotonic() - t_fail < 8.0 or tries() < 3:
             assert time.monotonic() - t_fail < 90, (
-                f"the refused checkpoint was not retried: {proc.metrics.checkpoint_failures} "
-                f"refusals in 90 s; log: {_log_lines(caplog)}"
+                f"the refused checkpoint was not retried: {tries()} failed transactions in 90 s; "
+                f"log: {_log_lines(caplog)}"
             )
             held.append(
                 (
@@ -344,6 +353,7 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
             )
             time.sleep(0.5)
         failures_while_down = proc.metrics.checkpoint_failures
+        tries_while_down = tries()
         window_s = time.monotonic() - t_fail
         exported = render_prometheus({"0": proc.metrics.snapshot()})
         _set_max_message_bytes(admin, cfg.changelog, 1048588)
@@ -369,7 +379,8 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
     first_c, first_k, _ = held[0]
     ahead = {p: first_c[p] - first_k.get(p, 0) for p in first_c}
     print(
-        f"{failures_while_down} refused checkpoints in {len(held)} samples over {window_s:.1f} s; "
+        f"{failures_while_down} refused checkpoints ({tries_while_down} failed transactions) in "
+        f"{len(held)} samples over {window_s:.1f} s; "
         f"committed {first_c}, markers {first_k} (committed ahead of marker by {ahead} records "
         f"of one interval); forecasts visible {sorted(visible)}; healed in {healed_s:.1f} s; "
         f"final committed {final_committed}, markers {final_markers}; {acc.summary}"
@@ -380,7 +391,7 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
             area="fault",
             what=f"changelog topic refuses checkpoints (max.message.bytes={limit}) for "
             f"{window_s:.0f} s under load, then healed",
-            times=failures_while_down,
+            times=tries_while_down,
             events=len(docs),
             lost=acc.lost,
             duplicated=acc.duplicated,
@@ -403,9 +414,11 @@ def test_checkpoint_store_refusing_writes_holds_offsets_then_recovers(
     assert all(first_c[p] >= first_k[p] for p in first_c), (first_c, first_k)
     assert final_markers == final_committed, (final_markers, final_committed)
     assert sum(final_committed.values()) == len(docs)
-    # Backed off, not spinning: waits of 0.5, 1, 2, 2, 2 s ... allow at most about 4 + window/2
-    # tries (the first refusal came before the window); a spinning retry would give hundreds.
-    assert 3 <= failures_while_down <= 4 + window_s / 2, (window_s, _log_lines(caplog))
+    # Backed off, not spinning: waits of 0.5, 1, 2, 2, 2 s ... allow about 4 + window/2 tries
+    # (the first refusal came up to ~1.5 s before the window; 7 in 8.6 s measured here), so
+    # 6 + window/2 leaves room for timing; a spinning retry would give hundreds.
+    assert 3 <= tries_while_down <= 6 + window_s / 2, (window_s, _log_lines(caplog))
+    assert 1 <= failures_while_down <= tries_while_down
     assert line in exported, exported
     assert any("checkpoint failed" in r.getMessage() for r in errors), [
         r.getMessage() for r in errors
