@@ -71,7 +71,7 @@ from pipelines.linear_fit import (
     score_linear_fit,
     set_linear_path,
 )
-from pipelines.online_fit import OnlinePath, choose_half_life, online_maps
+from pipelines.online_fit import OnlinePath, choose_half_life, online_maps, split_origins
 from pipelines.protocol import ErrorSums, EvalResult, protocol_splits, window_starts
 from pipelines.shrink import BackboneShrink
 
@@ -498,10 +498,7 @@ def online_scores(
     proto = protocol_scale(path, splits.train)
     choice = choose_half_life(data, splits, fit, [scale, proto])
     horizon = cfg.horizon
-    ranges = {
-        name: (bounds[0] - 1, bounds[1] - horizon - 1)
-        for name, bounds in (("val", splits.val), ("test", splits.test))
-    }
+    ranges = split_origins(splits, horizon)
     sums = {name: [ErrorSums(horizon, scale), ErrorSums(horizon, proto)] for name in ranges}
     span = (ranges["val"][0], ranges["test"][1])
     maps = online_maps(data, splits, fit, choice.half_life, span)

@@ -55,6 +55,7 @@ __all__ = [
     "online_span",
     "score_online_fit",
     "score_online_fits",
+    "split_origins",
 ]
 
 # Half-lives tried, as fractions of the training split's rows (inf: every window counts alike).
@@ -331,11 +332,20 @@ def score_online_fit(
     return score_online_fits(data, splits, fit, [half_life], scales, every)[0]
 
 
+def split_origins(splits: Splits, horizon: int) -> dict[str, tuple[int, int]]:
+    """The first and last origin (the row before the first target) of the val and test
+    windows."""
+    return {
+        name: (bounds[0] - 1, bounds[1] - horizon - 1)
+        for name, bounds in (("val", splits.val), ("test", splits.test))
+    }
+
+
 def online_span(splits: Splits, fit: LinearFit, every: int = 0) -> range:
     """The solve origins of `score_online_fits`: from the first val window's origin to the last
     test window's, every `every` rows."""
-    horizon = fit.beta.shape[1]
-    return range(splits.val[0] - 1, splits.test[1] - horizon, _every(fit, every))
+    origins = split_origins(splits, fit.beta.shape[1])
+    return range(origins["val"][0], origins["test"][1] + 1, _every(fit, every))
 
 
 def score_online_fits(
@@ -350,11 +360,7 @@ def score_online_fits(
     """`score_online_fit` under each half-life, in one pass over the data (the windows read once
     for all): one (val results, test results) per half-life. tick: called after each block."""
     horizon, lookback = fit.beta.shape[1], fit.beta.shape[0] - 1
-    # The origins of each split's windows (the row before the first target).
-    ranges = {
-        name: (bounds[0] - 1, bounds[1] - horizon - 1)
-        for name, bounds in (("val", splits.val), ("test", splits.test))
-    }
+    ranges = split_origins(splits, horizon)
     sums = [{name: [ErrorSums(horizon, s) for s in scales] for name in ranges} for _ in half_lives]
     scale, floor = model_scale(data, splits.train)
     windows = FitWindows(data, fit, scale, floor)
