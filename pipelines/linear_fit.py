@@ -47,20 +47,33 @@ def _norm_windows(
     """Windows of one series [T, C] starting at `starts` [N] -> inputs normalised by their own
     mean and std with a 1 appended for the bias [N, C, L + 1], that mean and std [N, C, 1], the
     targets [N, C, H] and whether input and target are fully observed [N, C]. A missing input is
-    its window's mean; std = sqrt(var + floor [C]), the linear path's VAR_FLOOR in data units."""
+    its window's mean; std = sqrt(var + floor [C]), the linear path's VAR_FLOOR in data units.
+    A wholly missing input has no mean of its own: it takes the channel's last value observed
+    before the window (0 if none), so its forecast is that level (to the floor) and not NaN."""
     w = values[starts[:, None] + np.arange(lookback + horizon)].astype(np.float64)
     x, y = w[:, :lookback].transpose(0, 2, 1), w[:, lookback:].transpose(0, 2, 1)
     ok = np.asarray(~(np.isnan(x).any(-1) | np.isnan(y).any(-1)))
-    # nanmean's own sum / count, but a wholly missing input is NaN without a warning (ok is
-    # False there: the window is left out of the sums).
+    # nanmean's own sum / count, without its warning on a wholly missing input.
     seen = ~np.isnan(x)
     count = seen.sum(-1, keepdims=True)
     total = np.where(seen, x, 0.0).sum(-1, keepdims=True)
-    m = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    x = np.where(np.isnan(x), m, x)
+    m = total / np.maximum(count, 1)
+    blind = count[..., 0] == 0  # [N, C]
+    if blind.any():
+        m = np.where(blind[..., None], _last_seen(values, starts)[..., None], m)
+    x = np.where(seen, x, m)
     s = np.sqrt(x.var(-1, keepdims=True) + floor[:, None])
     xt = np.concatenate([(x - m) / s, np.ones((*x.shape[:-1], 1))], axis=-1)
     return xt, m, s, y, ok
+
+
+def _last_seen(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each channel's last observed value in the rows before each start [N, C] (0 if none)."""
+    rows = np.where(np.isnan(values), -1, np.arange(len(values))[:, None])
+    np.maximum.accumulate(rows, axis=0, out=rows)
+    at = np.where((starts > 0)[:, None], rows[np.maximum(starts - 1, 0)], -1)
+    picked = values[np.maximum(at, 0), np.arange(values.shape[1])]
+    return np.where(at >= 0, picked, 0.0).astype(np.float64)
 
 
 def score_linear_fit(
@@ -141,9 +154,6 @@ def fit_linear(
             xt, m, s, y, ok = _norm_windows(data.values[series], batch, lookback, horizon, floor)
             weight = np.where(ok, (s[..., 0] / scale) ** 2, 0.0)  # [N, C]
             yn = np.where(ok[..., None], (y - m) / s, 0.0)
-            # A window left out has weight 0, but its input is NaN where a whole channel is
-            # missing, and 0 * NaN would poison the sums.
-            xt = np.where(ok[..., None], xt, 0.0)
             xw = xt * weight[..., None]
             gram += xw.reshape(-1, k).T @ xt.reshape(-1, k)
             cross += xw.reshape(-1, k).T @ yn.reshape(-1, horizon)

@@ -103,10 +103,10 @@ class FitWindows:
     def observed(
         self, series: int, starts: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The windows the sums take: inputs [N, C, K] (0 where left out: a wholly missing input
-        is NaN, and 0 * NaN would poison the sums), targets [N, C, H] and weight [N, C]."""
+        """The windows the sums take: inputs [N, C, K], targets [N, C, H] and weight [N, C]
+        (0 for a window left out)."""
         xt, yn, _, _, _, weight = self.read(series, starts)
-        return np.where((weight > 0)[..., None], xt, 0.0), yn, weight
+        return xt, yn, weight
 
     def forecast(self, series: int, starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
         """Forecasts [N, H, C] in data units of the windows at `starts` under the map beta."""

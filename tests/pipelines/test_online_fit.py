@@ -191,6 +191,39 @@ def test_a_training_gap_longer_than_a_window_is_left_out(tmp_path: Path) -> None
     assert math.isfinite(val[0].mse) and math.isfinite(test[0].mse)
 
 
+def test_a_wholly_missing_input_window_forecasts_the_last_value_seen(tmp_path: Path) -> None:
+    """A channel missing for longer than a window in the val and test rows: the fit cannot
+    normalise those windows by their own mean and std, so it forecasts the channel's last value
+    observed before the window. Before, the forecast was NaN: the closed-form fit found no finite
+    val error at any ridge strength, and the online scores were NaN."""
+    rng = np.random.default_rng(4)
+    t = np.arange(600)
+    a = np.sin(2 * np.pi * t / PERIOD) + 0.3 * rng.standard_normal(600)
+    b = 3.0 + np.cos(2 * np.pi * t / PERIOD) + 0.5 * rng.standard_normal(600)
+    a[440:460] = np.nan  # val (420-480): windows 440-447 see no value of a
+    a[520:540] = np.nan  # test (480-600)
+    data = read_dataset(_csv(tmp_path / "holes.csv", {"a": a, "b": b}), DataConfig())
+    splits = protocol_splits(data.name, data.n_steps)
+    fit = fit_linear(data, splits, LOOKBACK, HORIZON, PERIOD)
+    scale, floor = model_scale(data, splits.train)
+    for bounds in (splits.val, splits.test):
+        assert math.isfinite(score_linear_fit(data, bounds, fit, floor, [scale])[0].mse)
+    windows = FitWindows(data, fit, scale, floor)
+    blind = np.arange(520, 540 - LOOKBACK + 1)  # starts of the windows with no input of a
+    pred = windows.forecast(0, blind, fit.beta)[:, :, 0]
+    # m + s (the map's bias and cycle), s = sqrt(floor): the last value seen, give or take the
+    # daily profile scaled down to the floor's std (0.08 here, against the channel's 0.79).
+    spread = np.abs(pred - a[519])
+    assert spread.max() < 6 * math.sqrt(floor[0]) and spread.max() > 0
+    choice = choose_half_life(data, splits, fit, [scale])
+    assert all(math.isfinite(v) for v in choice.tried.values())
+    assert math.isfinite(choice.test[0].mse)
+    model, _ = _model_at_the_fit(data, PERIOD)
+    swap, _ = online_path(model, data, splits, "test", LOOKBACK, HORIZON)
+    got = evaluate_model(model, data, LOOKBACK, HORIZON, "test", full_history=True, online=swap)
+    assert math.isfinite(got.mse)
+
+
 def _model_at_the_fit(data: SeriesData, cycle: int) -> tuple[Forecaster, LinearFit]:
     """A model whose forecast is its linear path, set to the closed-form fit (zero head)."""
     splits = protocol_splits(data.name, data.n_steps)
