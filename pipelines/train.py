@@ -32,8 +32,8 @@ from forecast import build_model
 from forecast.artifact import save_forecaster
 from forecast.model import Forecaster
 from pipelines import settings
-from pipelines.calendar import has_time_of_day
-from pipelines.config import DataConfig, TrainConfig
+from pipelines.calendar import has_time_of_day, steps_per_day
+from pipelines.config import CYCLE_DAY, DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.evaluate import evaluate_model
 from pipelines.fit import validation_sums
@@ -79,6 +79,8 @@ def train(
 
     data_cfg = data_cfg or DataConfig()
     data = read_dataset(cfg.data, data_cfg)
+    if cfg.cycle_length == CYCLE_DAY:
+        cfg = dataclasses.replace(cfg, cycle_length=steps_per_day(data.frequency))
     splits = protocol_splits(data.name, data.n_steps, data_cfg.split)
     if cfg.cycle_length and not has_time_of_day(data.covariate_names):
         raise ValueError(

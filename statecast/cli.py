@@ -98,44 +98,38 @@ def _data_config(args: argparse.Namespace) -> object:
     )
 
 
+# `statecast train` options -> TrainConfig fields, where the names differ.
+_TRAIN_FIELDS = {"model": "kind", "shrink_backbone": "backbone_shrink", "gpu": "use_gpu"}
+# TrainConfig fields the train command sets (None where not given: the recipe's, else
+# TrainConfig's default).
+_TRAIN_OPTIONS = (
+    "model", "lookback", "horizon", "epochs", "batch_size", "lr", "patience", "steps_per_epoch",
+    "d_model", "n_layers", "norm_halflife", "weight_decay", "lr_schedule", "warmup_epochs",
+    "linear_lr", "linear_norm", "zero_head", "dropout", "channel_independent", "cycle_length",
+    "linear_init", "shrink_backbone", "shrink_groups", "point_loss", "mse_weight", "workers",
+    "gpu", "seed", "experiment", "register", "run_name",
+)  # fmt: skip
+
+
+def train_config(args: argparse.Namespace) -> object:
+    """The TrainConfig of `statecast train`: the options given, over the recipe's values
+    (--recipe), over TrainConfig's defaults."""
+    from pipelines.config import RECIPES, TrainConfig
+
+    fields: dict[str, object] = dict(RECIPES[args.recipe]) if args.recipe else {}
+    for option in _TRAIN_OPTIONS:
+        value = getattr(args, option)
+        if value is not None:
+            fields[_TRAIN_FIELDS.get(option, option)] = value
+    return TrainConfig(data=args.data, **fields)  # type: ignore[arg-type]
+
+
 def _train(args: argparse.Namespace) -> int:
     from pipelines.config import DataConfig, TrainConfig
     from pipelines.train import train
 
-    cfg = TrainConfig(
-        data=args.data,
-        kind=args.model,
-        lookback=args.lookback,
-        horizon=args.horizon,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        steps_per_epoch=args.steps_per_epoch,
-        d_model=args.d_model,
-        n_layers=args.n_layers,
-        norm_halflife=args.norm_halflife,
-        weight_decay=args.weight_decay,
-        lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs,
-        linear_lr=args.linear_lr,
-        linear_norm=args.linear_norm,
-        zero_head=args.zero_head,
-        dropout=args.dropout,
-        channel_independent=args.channel_independent,
-        cycle_length=args.cycle_length,
-        linear_init=args.linear_init,
-        backbone_shrink=args.shrink_backbone,
-        shrink_groups=args.shrink_groups,
-        point_loss=args.point_loss,
-        mse_weight=args.mse_weight,
-        workers=args.workers,
-        use_gpu=args.gpu,
-        seed=args.seed,
-        experiment=args.experiment,
-        register=args.register,
-        run_name=args.run_name,
-    )
+    cfg = train_config(args)
+    assert isinstance(cfg, TrainConfig)
     data_cfg = _data_config(args)
     assert isinstance(data_cfg, DataConfig)
     res = train(cfg, data_cfg, resume=args.resume, progress=not args.no_progress)
@@ -326,6 +320,24 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cycle_length(text: str) -> int:
+    """--cycle-length: a number of steps (0: none), or "day" (CYCLE_DAY: resolved from the data's
+    frequency when it is read)."""
+    from pipelines.config import CYCLE_DAY
+
+    if text == "day":
+        return CYCLE_DAY
+    try:
+        steps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of steps or 'day', got {text!r}"
+        ) from None
+    if steps < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of steps >= 0 or 'day', got {steps}")
+    return steps
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statecast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -374,69 +386,88 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train on Ray, track in MLflow")
     data_options(tr)
     tr.add_argument(
-        "--model", default="selective_ssm", choices=["diagonal_ssm", "selective_ssm", "rwkv7"]
+        "--recipe",
+        default=None,
+        choices=["benchmark"],  # pipelines/config.py RECIPES (not imported here: torch is slow)
+        help="start from a named recipe (pipelines/config.py RECIPES; benchmark: the one "
+        "docs/RESULTS.md's grid runs); the options given override it",
     )
-    tr.add_argument("--lookback", type=int, default=96)
-    tr.add_argument("--horizon", type=int, default=96)
-    tr.add_argument("--epochs", type=int, default=10)
-    tr.add_argument("--batch-size", type=int, default=32)
-    tr.add_argument("--lr", type=float, default=2e-3)
-    tr.add_argument("--patience", type=int, default=3)
-    tr.add_argument("--steps-per-epoch", type=int, default=0, help="0: all training windows")
-    tr.add_argument("--d-model", type=int, default=64)
-    tr.add_argument("--n-layers", type=int, default=2)
+    # Options left out take the recipe's value, else TrainConfig's default (shown).
+    flag = argparse.BooleanOptionalAction
+    tr.add_argument(
+        "--model",
+        default=None,
+        choices=["diagonal_ssm", "selective_ssm", "rwkv7"],
+        help="default: selective_ssm",
+    )
+    tr.add_argument("--lookback", type=int, default=None, help="default: 96")
+    tr.add_argument("--horizon", type=int, default=None, help="default: 96")
+    tr.add_argument("--epochs", type=int, default=None, help="default: 10")
+    tr.add_argument("--batch-size", type=int, default=None, help="default: 32")
+    tr.add_argument("--lr", type=float, default=None, help="default: 2e-3")
+    tr.add_argument("--patience", type=int, default=None, help="default: 3")
+    tr.add_argument(
+        "--steps-per-epoch", type=int, default=None, help="0 (default): all training windows"
+    )
+    tr.add_argument("--d-model", type=int, default=None, help="default: 64")
+    tr.add_argument("--n-layers", type=int, default=None, help="default: 2")
     tr.add_argument(
         "--norm-halflife",
         type=int,
-        default=96,
-        help="per-series running normalisation half-life (steps; 0 = off)",
+        default=None,
+        help="per-series running normalisation half-life (steps; 0 = off; default: 96)",
     )
-    # The recipe options of docs/RESULTS.md (defaults: TrainConfig's, training as before).
-    tr.add_argument("--weight-decay", type=float, default=0.01)
-    tr.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
-    tr.add_argument("--warmup-epochs", type=float, default=0.0)
+    tr.add_argument("--weight-decay", type=float, default=None, help="default: 0.01")
+    tr.add_argument(
+        "--lr-schedule", default=None, choices=["constant", "cosine"], help="default: constant"
+    )
+    tr.add_argument("--warmup-epochs", type=float, default=None, help="default: 0")
     tr.add_argument("--linear-lr", type=float, default=None, help="linear path's rate (--lr)")
-    tr.add_argument("--linear-norm", default="running", choices=["running", "window"])
-    tr.add_argument("--zero-head", action="store_true", help="quantile head starts at zero")
-    tr.add_argument("--dropout", type=float, default=0.0)
-    tr.add_argument("--channel-independent", action="store_true")
+    tr.add_argument(
+        "--linear-norm", default=None, choices=["running", "window"], help="default: running"
+    )
+    tr.add_argument("--zero-head", action=flag, default=None, help="quantile head starts at zero")
+    tr.add_argument("--dropout", type=float, default=None, help="default: 0")
+    tr.add_argument("--channel-independent", action=flag, default=None)
     tr.add_argument(
         "--linear-init",
-        default="zero",
+        default=None,
         choices=["zero", "fit"],
         help="fit: the linear path starts at its closed-form fit (needs --linear-norm window; "
-        "best with --zero-head), validated as a candidate",
+        "best with --zero-head), validated as a candidate (default: zero)",
     )
     tr.add_argument(
         "--shrink-backbone",
-        action="store_true",
+        action=flag,
+        default=None,
         help="after training, scale the backbone's part of the forecast by the weight in "
         "1, 0.75, .., 0 best on validation (toward the linear path; with --linear-init fit)",
     )
     tr.add_argument(
         "--shrink-groups",
-        default="model",
+        default=None,
         choices=["model", "channel", "channel_horizon"],
-        help="with --shrink-backbone: one weight for the model, one per output channel, or one "
-        "per channel and quarter of the horizon, each chosen on validation",
+        help="with --shrink-backbone: one weight for the model (default), one per output "
+        "channel, or one per channel and quarter of the horizon, each chosen on validation",
     )
     tr.add_argument(
         "--cycle-length",
-        type=int,
-        default=0,
-        help="steps in a day for the linear path's learned daily cycle (0 = none; e.g. 24 hourly)",
+        type=_cycle_length,
+        default=None,
+        help="steps in a day for the linear path's learned daily cycle (0 = none, the default; "
+        "'day': a day at the data's frequency, e.g. 24 hourly)",
     )
     tr.add_argument(
         "--point-loss",
-        default="pinball",
+        default=None,
         choices=["pinball", "mse"],
-        help="what trains the median (the point forecast): pinball + MSE, or MSE alone",
+        help="what trains the median (the point forecast): pinball + MSE (default), or MSE alone",
     )
-    tr.add_argument("--mse-weight", type=float, default=1.0)
-    tr.add_argument("--workers", type=int, default=1, help="Ray Train workers")
-    tr.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--experiment", default="statecast")
+    tr.add_argument("--mse-weight", type=float, default=None, help="default: 1")
+    tr.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: 1)")
+    tr.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
+    tr.add_argument("--seed", type=int, default=None, help="default: 0")
+    tr.add_argument("--experiment", default=None, help="default: statecast")
     tr.add_argument("--register", default=None, help="registered model name (champion alias)")
     tr.add_argument("--run-name", default=None)
     tr.add_argument("--resume", action="store_true", help="continue the run's last checkpoint")

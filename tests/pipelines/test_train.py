@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import DataConfig, TrainConfig
+from pipelines.config import CYCLE_DAY, DataConfig, TrainConfig
 from pipelines.data import read_dataset
 from pipelines.linear_fit import fit_linear, model_scale
 from pipelines.online_fit import choose_half_life, online_forecasts
@@ -53,7 +53,7 @@ def _config(data: Path, epochs: int) -> TrainConfig:
         linear_norm="window",
         zero_head=True,
         linear_init="fit",
-        cycle_length=24,
+        cycle_length=CYCLE_DAY,  # hourly data: 24, resolved when the data is read
         backbone_shrink=True,
         experiment="test-train",
         register="etth1-slice",
@@ -73,6 +73,7 @@ def test_run_is_tracked(trained: TrainResult, store: Path) -> None:
     assert run.data.params["model.horizon"] == "8"
     assert run.data.params["data.split"] == "ratio"
     assert run.data.params["train.linear_init"] == "fit"
+    assert run.data.params["train.cycle_length"] == run.data.params["model.cycle_length"] == "24"
     # The fitted start was a candidate, and no epoch beat it: the kept model is the fit
     # (float32 model against the float64 fit).
     assert trained.best_val_mse == pytest.approx(run.data.metrics["linear_fit_val_mse"], rel=1e-5)

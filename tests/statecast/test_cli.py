@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.conftest import ROOT
+
 
 @pytest.mark.parametrize("kind", ["diagonal_ssm", "rwkv7"])
 def test_quickstart_trains_and_forecasts(kind: str) -> None:
@@ -88,3 +90,81 @@ def test_train_passes_the_recipe_options(monkeypatch: pytest.MonkeyPatch) -> Non
     assert cfg.channel_independent
     assert (cfg.linear_init, cfg.cycle_length, cfg.backbone_shrink) == ("fit", 24, True)
     assert cfg.shrink_groups == "channel_horizon"
+
+
+def _grid_options(dataset: str) -> list[str]:
+    """One seed's options in bench/device/acc_grid.sh (the grid of docs/RESULTS.md's eighth
+    section), its shell variables expanded: the kind, then the dataset's recipe."""
+    script = (ROOT / "bench" / "device" / "acc_grid.sh").read_text()
+    shell = {name: value for name, value in re.findall(r'^(NEW|R)="([^"]*)"', script, re.M)}
+    recipe = re.search(rf'\[{dataset}\]="([^"]*)"', script)
+    kind = re.search(r"--kind (\S+)", script)
+    assert recipe and kind and set(shell) == {"NEW", "R"}
+    expanded = recipe.group(1).replace("$NEW", shell["NEW"]).replace("$R", shell["R"])
+    return ["--kind", kind.group(1), *expanded.split()]
+
+
+def test_the_benchmark_recipe_is_the_grids() -> None:
+    """`statecast train --recipe benchmark` is the TrainConfig the accuracy grid trains (ETTm1's
+    and weather's line; ETTh1's differs only in its 12 epochs), its daily cycle resolved from
+    the data's frequency as the grid's --cycle was set per dataset."""
+    import dataclasses
+
+    from bench.accuracy import method_parser
+    from bench.accuracy import train_config as bench_config
+    from pipelines.calendar import steps_per_day
+    from pipelines.config import CYCLE_DAY, RECIPES
+    from statecast.cli import build_parser, train_config
+
+    args = build_parser().parse_args(["train", "--data", "x.csv", "--recipe", "benchmark"])
+    ours = train_config(args)
+    assert ours.cycle_length == CYCLE_DAY  # type: ignore[attr-defined]
+    for dataset, frequency, epochs in (("ETTm1", "15min", 8), ("weather", "10min", 8)):
+        grid = method_parser().parse_args(_grid_options(dataset))
+        assert grid.linear_init == "ridge"  # the bench's name for starting at the fit
+        theirs = bench_config(grid, "x.csv", 96, 96)
+        resolved = dataclasses.replace(ours, cycle_length=steps_per_day(frequency))  # type: ignore[type-var]
+        assert dataclasses.replace(theirs, linear_init="fit") == resolved, dataset
+        assert theirs.epochs == epochs
+    etth1 = method_parser().parse_args(_grid_options("ETTh1"))
+    assert (etth1.epochs, etth1.cycle, steps_per_day("1h")) == (12, 24, 24)
+    assert sorted(RECIPES) == ["benchmark"]  # the CLI's --recipe choices, written out there
+
+
+def test_options_given_override_the_recipe() -> None:
+    from pipelines.config import CYCLE_DAY, TrainConfig
+    from statecast.cli import build_parser, train_config
+
+    parse = build_parser().parse_args
+    given = "--recipe benchmark --patience 5 --no-shrink-backbone --cycle-length 0 --model rwkv7"
+    cfg = train_config(parse(["train", "--data", "x.csv", *given.split()]))
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.patience, cfg.backbone_shrink, cfg.cycle_length, cfg.kind) == (5, False, 0, "rwkv7")
+    assert (cfg.lr, cfg.linear_lr, cfg.linear_init, cfg.batch_size) == (3e-4, 1e-9, "fit", 128)
+    # Without a recipe: TrainConfig's defaults, as before.
+    plain = train_config(parse(["train", "--data", "x.csv", "--cycle-length", "day"]))
+    assert plain == TrainConfig(data="x.csv", cycle_length=CYCLE_DAY)
+    assert train_config(parse(["train", "--data", "x.csv"])) == TrainConfig(data="x.csv")
+    for bad in ("week", "-2"):
+        with pytest.raises(SystemExit):
+            parse(["train", "--data", "x.csv", "--cycle-length", bad])
+
+
+def test_a_day_in_steps_and_an_unresolved_day_are_clear() -> None:
+    from pipelines.calendar import steps_per_day
+    from pipelines.config import CYCLE_DAY, TrainConfig
+
+    assert [steps_per_day(f) for f in ("h", "1h", "15min", "10min", "30s")] == [
+        24,
+        24,
+        96,
+        144,
+        2880,
+    ]
+    for frequency in ("D", "7min", "MS", "2D"):
+        with pytest.raises(ValueError, match="no daily cycle"):
+            steps_per_day(frequency)
+    with pytest.raises(ValueError, match="CYCLE_DAY"):
+        TrainConfig(data="x.csv", cycle_length=CYCLE_DAY).model_config(7, 6)
+    with pytest.raises(ValueError, match="cycle_length"):
+        TrainConfig(data="x.csv", cycle_length=-2)
