@@ -539,15 +539,20 @@ def ensembles(
     scores: str = "all",
     online: bool = False,
     ridge_dir: str | None = None,
+    mix_kinds: bool = False,
 ) -> list[dict[str, Any]]:
     """Score every group of saved runs that differ only in the seed (two or more) as one mean
     forecast; its validation MSE is the ensemble's own, so groups compare by validation. online
     (with scores "all"): also the full history with the linear path refitted online
-    (`online_scores`)."""
+    (`online_scores`). mix_kinds: one group of every run with the same data, horizon, lookback
+    and linear start, whatever its model kind or other settings (the first run's config scores
+    it: its shrink, lookback and cycle)."""
+    shared = ("data", "horizon", "lookback")
     groups: dict[str, list[tuple[dict[str, Any], Path]]] = {}
     for meta_path in sorted(folder.glob("*.json")):
         meta = json.loads(meta_path.read_text())
-        config = {k: v for k, v in meta["config"].items() if k != "seed"}
+        kept = shared if mix_kinds else meta["config"]
+        config = {k: v for k, v in meta["config"].items() if k != "seed" and k in kept}
         # Members share how their linear path started, too (older saves: "zero").
         config["linear_init"] = meta.get("linear_init", "zero")
         key = json.dumps(config, sort_keys=True)
@@ -556,7 +561,7 @@ def ensembles(
     for members in groups.values():
         if len(members) < 2:
             continue
-        members.sort(key=lambda m: m[0]["config"]["seed"])
+        members.sort(key=lambda m: (m[0]["config"]["kind"], m[0]["config"]["seed"]))
         cfgs = [TrainConfig(**m["config"]) for m, _ in members]
         cfg, path = cfgs[0], Path(cfgs[0].data)
         data = read_dataset(path, DataConfig())
@@ -576,8 +581,10 @@ def ensembles(
         if online and scores == "all":
             row.update(online_scores(models, ens, data, path, cfg, ridge_dir))
         seeds = [c.seed for c in cfgs]
+        labels = sorted({m["label"] for m, _ in members})
         row.update(
-            variant=f"{members[0][0]['label']} ens{len(models)}",
+            variant=f"{'+'.join(labels) if mix_kinds else members[0][0]['label']} ens{len(models)}",
+            kinds=[c.kind for c in cfgs],
             seeds=seeds,
             member_val_mse=[m["val_mse"] for m, _ in members],
             epochs=0,
@@ -715,6 +722,12 @@ def main() -> None:
         help="score the seed ensembles of the runs saved in DIR (and train nothing)",
     )
     p.add_argument(
+        "--mix-kinds",
+        action="store_true",
+        help="with --ensemble-from: one mean forecast of every run of the same data, horizon and "
+        "lookback, whatever its model kind (not one per config)",
+    )
+    p.add_argument(
         "--ridge-linear",
         action="store_true",
         help="the linear path alone in closed form (RLinear, ridge by val) on the CPU; no training",
@@ -740,7 +753,12 @@ def main() -> None:
     args = p.parse_args()
     if args.ensemble_from:
         rows = ensembles(
-            Path(args.ensemble_from), args.device, args.scores, args.online, args.ridge_dir
+            Path(args.ensemble_from),
+            args.device,
+            args.scores,
+            args.online,
+            args.ridge_dir,
+            args.mix_kinds,
         )
         if args.out:
             with open(args.out, "a") as f:

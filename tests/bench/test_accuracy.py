@@ -4,17 +4,20 @@ does, and a run started there never scores worse on validation than its start.""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bench.accuracy import (
     ensembles,
     init_linear_ridge,
     online_scores,
+    protocol_scale,
     ridge_linear,
     ridge_linear_online,
     run_one,
@@ -22,9 +25,10 @@ from bench.accuracy import (
 from forecast import build_model
 from pipelines.config import DataConfig, TrainConfig
 from pipelines.data import SeriesData, read_dataset
+from pipelines.evaluate import model_predictor
 from pipelines.fit import validate
 from pipelines.linear_fit import LinearFit, fit_linear
-from pipelines.protocol import protocol_splits
+from pipelines.protocol import evaluate_windows, protocol_splits
 
 LOOKBACK, HORIZON = 16, 8
 
@@ -216,6 +220,36 @@ def test_a_seed_ensemble_reports_its_full_history_with_the_online_path(
     assert math.isfinite(ens["online_val_mse"])
     (plain,) = ensembles(tmp_path, "cpu", scores="all")
     assert "online_val_mse" not in plain
+
+
+def test_mixed_kinds_make_one_mean_forecast(toy_csv: Path, tmp_path: Path) -> None:
+    """--ensemble-from DIR --mix-kinds: every run of the data, horizon and lookback in one mean
+    forecast, whatever its kind; without it, only the runs that differ in the seed alone."""
+    runs = [("diagonal_ssm", 0), ("diagonal_ssm", 1), ("rwkv7", 0)]
+    for kind, seed in runs:
+        cfg = config(toy_csv, kind=kind, lr=3e-3, epochs=1, seed=seed, head_size=4)
+        run_one(toy_csv, cfg, "cpu", kind[:2], str(tmp_path), scores="window", linear_init="ridge")
+    (seeds,) = ensembles(tmp_path, "cpu", scores="window")
+    assert seeds["kinds"] == ["diagonal_ssm", "diagonal_ssm"] and seeds["seeds"] == [0, 1]
+    (mixed,) = ensembles(tmp_path, "cpu", scores="window", mix_kinds=True)
+    assert mixed["kinds"] == ["diagonal_ssm", "diagonal_ssm", "rwkv7"]
+    assert mixed["variant"] == "di+rw ens3"
+    # The same figure from the members' own forecasts, averaged here.
+    data = read_dataset(toy_csv, DataConfig())
+    members = []
+    for meta in sorted(tmp_path.glob("*.json")):
+        c = TrainConfig(**json.loads(meta.read_text())["config"])
+        model = build_model(c.model_config(len(data.channels), data.covariates.shape[-1]))
+        model.load_state_dict(load_file(str(meta.with_suffix(".st"))))
+        members.append(model_predictor(model.eval()))
+    splits = protocol_splits(data.name, data.n_steps)
+    proto = protocol_scale(toy_csv, splits.train)
+    want = evaluate_windows(
+        lambda x, cov: np.mean([p(x, cov) for p in members], axis=0)[:, :HORIZON],
+        data.values, data.covariates, splits.test, LOOKBACK, HORIZON, proto,
+    )  # fmt: skip
+    assert mixed["test_mse_protocol"] == pytest.approx(want.mse, rel=1e-6)
+    assert mixed["test_mse_protocol"] != pytest.approx(seeds["test_mse_protocol"], rel=1e-6)
 
 
 def test_ridge_init_needs_the_window_normalised_linear_path(toy_csv: Path) -> None:
