@@ -7,8 +7,9 @@
 # scored); PART=long: the longer lookback (LH, LM, LW), windows and full history scored.
 # DATASETS, HORIZONS: subsets. ONLINE=1 (with PART=long): the ensembles also score the full
 # history with the linear path refitted online (bench.accuracy --online; the fits in RD are its
-# start, so carry them in float64 there; TE_OMP: the ensemble scorers' numpy threads). RD: the
-# fits' folder; a call carries at most 64 MiB, so the fits travel as float32 copies
+# start, so carry them in float64 there; TE_OMP: the ensemble scorers' numpy threads). KIND: the
+# model kind (default diagonal_ssm, the eighth section's). RD: the fits' folder; a call carries
+# at most 64 MiB, so the fits travel as float32 copies
 # (bench/device/fits32.py: the model's linear path is float32, so it starts the same), only those
 # the call needs.
 # Run on the lent GPU: bash bench/device/sweep.sh bash bench/device/acc_grid.sh (PART=...).
@@ -16,7 +17,7 @@ T=${T:-480}
 PART=${PART:-l96}
 L=/tmp/logs_$PART; rm -rf /tmp/ens_$PART; mkdir -p $L
 export OMP_NUM_THREADS=1
-A="python3 -m bench.accuracy --kind diagonal_ssm --data-dir /tmp/data --device cuda --out $OUT/rows.jsonl --ridge-dir ${RD:-.bench_data/ridgec}"
+A="python3 -m bench.accuracy --kind ${KIND:-diagonal_ssm} --data-dir /tmp/data --device cuda --out $OUT/rows.jsonl --ridge-dir ${RD:-.bench_data/ridgec}"
 NEW="--batch-size 128 --lr 1e-3 --lr-schedule cosine --warmup-epochs 0.5 --linear-lr 5e-3 --linear-norm window --zero-head --dropout 0.1 --patience 3 --steps-per-epoch 100"
 R="--point-loss mse --linear-init ridge --patience 2 --linear-lr 1e-9 --lr 3e-4 --shrink --shrink-groups channel_horizon"
 declare -A OPTS=(

@@ -98,7 +98,7 @@ def _grid_options(dataset: str) -> list[str]:
     script = (ROOT / "bench" / "device" / "acc_grid.sh").read_text()
     shell = {name: value for name, value in re.findall(r'^(NEW|R)="([^"]*)"', script, re.M)}
     recipe = re.search(rf'\[{dataset}\]="([^"]*)"', script)
-    kind = re.search(r"--kind (\S+)", script)
+    kind = re.search(r"--kind \$\{KIND:-(\S+)\}", script)
     assert recipe and kind and set(shell) == {"NEW", "R"}
     expanded = recipe.group(1).replace("$NEW", shell["NEW"]).replace("$R", shell["R"])
     return ["--kind", kind.group(1), *expanded.split()]
