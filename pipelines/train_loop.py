@@ -49,8 +49,9 @@ def train_loop(config: dict[str, Any]) -> None:
         model.encoder.scale.copy_(torch.tensor(config["scale"]))
     start = config.get("linear_start")
     if start is not None and model.linear is not None:
-        # The closed-form fit (TrainConfig.linear_init "fit"), made once on the driver.
-        model.linear.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
+        # The closed-form fit (TrainConfig.linear_init "fit"), made once on the driver. Ray hands
+        # the arrays over read-only: torch.tensor copies (from_numpy warned on every worker).
+        model.linear.load_state_dict({k: torch.tensor(v) for k, v in start.items()})
     opt = make_optimizer(model, cfg)
     progress = {"epoch": -1, "best_val_mse": math.inf, "bad_epochs": 0}
     best_weights = None
