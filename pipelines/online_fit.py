@@ -100,14 +100,6 @@ class FitWindows:
         weight = np.where(ok, (s[..., 0] / self.scale) ** 2, 0.0)
         return xt, np.where(ok[..., None], yn, 0.0), m, s, y, weight
 
-    def observed(
-        self, series: int, starts: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The windows the sums take: inputs [N, C, K], targets [N, C, H] and weight [N, C]
-        (0 for a window left out)."""
-        xt, yn, _, _, _, weight = self.read(series, starts)
-        return xt, yn, weight
-
     def forecast(self, series: int, starts: np.ndarray, beta: np.ndarray) -> np.ndarray:
         """Forecasts [N, H, C] in data units of the windows at `starts` under the map beta."""
         return self.forecast_many(series, starts, [beta])[0]
@@ -153,7 +145,7 @@ def add_windows_many(
         batch = starts[i : i + 2000]
         age = origin - (batch + lookback + horizon - 1)
         for series in range(windows.data.n_series):
-            xt, yn, weight = windows.observed(series, batch)
+            xt, yn, _, _, _, weight = windows.read(series, batch)  # weight 0: left out
             x2, y2 = xt.reshape(-1, k), yn.reshape(-1, horizon)
             for j, g in enumerate(gammas):
                 w = (weight * g ** age[:, None]).reshape(-1, 1)
