@@ -581,9 +581,9 @@ def ensembles(
         if online and scores == "all":
             row.update(online_scores(models, ens, data, path, cfg, ridge_dir))
         seeds = [c.seed for c in cfgs]
-        labels = sorted({m["label"] for m, _ in members})
+        name = "+".join(sorted({m["label"] for m, _ in members})) if mix_kinds else None
         row.update(
-            variant=f"{'+'.join(labels) if mix_kinds else members[0][0]['label']} ens{len(models)}",
+            variant=f"{name or members[0][0]['label']} ens{len(models)}",
             kinds=[c.kind for c in cfgs],
             seeds=seeds,
             member_val_mse=[m["val_mse"] for m, _ in members],
