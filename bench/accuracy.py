@@ -179,15 +179,18 @@ def init_linear_ridge(
     if model.linear is None or cfg.linear_norm != "window":
         raise ValueError("--linear-init ridge needs the linear path with window norm")
     period, length = cfg.cycle_length, model.linear.length
+    per_channel = cfg.linear_per_channel
     saved = (
-        ridge_file(Path(ridge_dir), data.name, length, cfg.horizon, period) if ridge_dir else None
+        ridge_file(Path(ridge_dir), data.name, length, cfg.horizon, period, per_channel)
+        if ridge_dir
+        else None
     )
     if saved is not None and saved.exists():
         fit = load_fit(saved)
         print(f"  linear path from {saved} (ridge {fit.ridge:g})", flush=True)
     else:
         splits = protocol_splits(data.name, data.n_steps)
-        fit = fit_linear(data, splits, length, cfg.horizon, period)
+        fit = fit_linear(data, splits, length, cfg.horizon, period, per_channel)
         print(f"  linear path fitted here (ridge {fit.ridge:g}; no saved fit)", flush=True)
     set_linear_path(model, fit)
     return fit.ridge
@@ -344,12 +347,20 @@ def shrink(
     return chosen.val_mse, fields
 
 
-def ridge_file(folder: Path, name: str, lookback: int, horizon: int, cycle: int = 0) -> Path:
-    return folder / f"ridge_{name}_H{horizon}_L{lookback}{f'_P{cycle}' if cycle else ''}.st"
+def ridge_file(
+    folder: Path, name: str, lookback: int, horizon: int, cycle: int = 0, per_channel: bool = False
+) -> Path:
+    tail = f"{f'_P{cycle}' if cycle else ''}{'_pc' if per_channel else ''}"
+    return folder / f"ridge_{name}_H{horizon}_L{lookback}{tail}.st"
 
 
 def ridge_linear(
-    path: Path, lookback: int, horizon: int, save_dir: str | None = None, cycle: int = 0
+    path: Path,
+    lookback: int,
+    horizon: int,
+    save_dir: str | None = None,
+    cycle: int = 0,
+    per_channel: bool = False,
 ) -> dict[str, Any]:
     """`fit_linear` scored under the protocol: what the linear path can reach on its own, with no
     backbone and no SGD, in seconds on a CPU. With save_dir the fit is kept there for
@@ -357,10 +368,10 @@ def ridge_linear(
     start = time.perf_counter()
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
-    fit = fit_linear(data, splits, lookback, horizon, cycle)
+    fit = fit_linear(data, splits, lookback, horizon, cycle, per_channel)
     if save_dir:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-        save_fit(fit, ridge_file(Path(save_dir), data.name, lookback, horizon, cycle))
+        save_fit(fit, ridge_file(Path(save_dir), data.name, lookback, horizon, cycle, per_channel))
     scale, floor = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
     test, test_p = score_linear_fit(data, splits.test, fit, floor, [scale, proto])
@@ -368,7 +379,12 @@ def ridge_linear(
     return {
         "dataset": data.name,
         "kind": "ridge_linear",
-        "config": {"ridge": fit.ridge, "lambdas": list(RIDGE_LAMBDAS), "cycle": cycle},
+        "config": {
+            "ridge": fit.ridge,
+            "lambdas": list(RIDGE_LAMBDAS),
+            "cycle": cycle,
+            "channel_shrink": fit.channel_shrink,
+        },
         "horizon": horizon,
         "lookback": lookback,
         "val_mse": fit.val_mse,
@@ -382,14 +398,20 @@ def ridge_linear(
         "windows": test.windows,
         "published_best_l96": published[0],
         "published_best_any": published[1],
-        "variant": f"ridge_linear (ridge {fit.ridge:g}{f', cycle {cycle}' if cycle else ''})",
+        "variant": f"ridge_linear (ridge {fit.ridge:g}{f', cycle {cycle}' if cycle else ''}"
+        f"{f', per channel {fit.channel_shrink:g}' if per_channel else ''})",
         "epochs": 0,
         "train_seconds": round(time.perf_counter() - start, 1),
     }
 
 
 def ridge_linear_online(
-    path: Path, lookback: int, horizon: int, ridge_dir: str | None = None, cycle: int = 0
+    path: Path,
+    lookback: int,
+    horizon: int,
+    ridge_dir: str | None = None,
+    cycle: int = 0,
+    per_channel: bool = False,
 ) -> dict[str, Any]:
     """The closed-form fit refitted online (pipelines/online_fit.py) in full-history mode: started
     from the training windows, carried through val into test, every window's map solved from the
@@ -399,11 +421,15 @@ def ridge_linear_online(
     start = time.perf_counter()
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
-    saved = ridge_file(Path(ridge_dir), data.name, lookback, horizon, cycle) if ridge_dir else None
+    saved = (
+        ridge_file(Path(ridge_dir), data.name, lookback, horizon, cycle, per_channel)
+        if ridge_dir
+        else None
+    )
     fit = (
         load_fit(saved)
         if saved is not None and saved.exists()
-        else fit_linear(data, splits, lookback, horizon, cycle)
+        else fit_linear(data, splits, lookback, horizon, cycle, per_channel)
     )
     scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
@@ -416,6 +442,7 @@ def ridge_linear_online(
         "config": {
             "ridge": fit.ridge,
             "cycle": cycle,
+            "channel_shrink": fit.channel_shrink,
             "half_life": choice.half_life,
             "half_lives_val_mse": {str(h): v for h, v in choice.tried.items()},
             "solve_every": cycle or 1,
@@ -435,7 +462,9 @@ def ridge_linear_online(
         "published_best_l96": published[0],
         "published_best_any": published[1],
         "variant": f"ridge_linear online (ridge {fit.ridge:g}"
-        f"{f', cycle {cycle}' if cycle else ''}, half-life {choice.half_life:g} rows)",
+        f"{f', cycle {cycle}' if cycle else ''}"
+        f"{f', per channel {fit.channel_shrink:g}' if per_channel else ''}"
+        f", half-life {choice.half_life:g} rows)",
         "epochs": 0,
         "train_seconds": round(time.perf_counter() - start, 1),
     }
@@ -485,14 +514,21 @@ def online_scores(
     splits = protocol_splits(data.name, data.n_steps)
     length = members[0].linear.length if members[0].linear is not None else 0
     saved = (
-        ridge_file(Path(ridge_dir), data.name, length, cfg.horizon, cfg.cycle_length)
+        ridge_file(
+            Path(ridge_dir),
+            data.name,
+            length,
+            cfg.horizon,
+            cfg.cycle_length,
+            cfg.linear_per_channel,
+        )
         if ridge_dir
         else None
     )
     fit = (
         load_fit(saved)
         if saved is not None and saved.exists()
-        else fit_linear(data, splits, length, cfg.horizon, cfg.cycle_length)
+        else fit_linear(data, splits, length, cfg.horizon, cfg.cycle_length, cfg.linear_per_channel)
     )
     scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
@@ -627,6 +663,12 @@ def method_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cycle", type=int, default=0, help="steps in the daily cycle (0: none)")
     p.add_argument(
+        "--per-channel",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a linear map per channel, pulled toward the shared fit (--linear-init ridge)",
+    )
+    p.add_argument(
         "--shrink",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -677,6 +719,7 @@ def train_config(args: argparse.Namespace, data: str, lookback: int, horizon: in
         d_state=args.d_state,
         seed=args.seed,
         cycle_length=args.cycle,
+        linear_per_channel=args.per_channel,
         backbone_shrink=args.shrink,
         shrink_groups=args.shrink_groups,
     )
@@ -771,9 +814,15 @@ def main() -> None:
             args.datasets, args.horizons, args.lookbacks
         ):
             csv = Path(args.data_dir) / f"{name}.csv"
-            rows.append(ridge_linear(csv, lookback, horizon, args.ridge_dir, args.cycle))
+            rows.append(
+                ridge_linear(csv, lookback, horizon, args.ridge_dir, args.cycle, args.per_channel)
+            )
             if args.online:
-                rows.append(ridge_linear_online(csv, lookback, horizon, args.ridge_dir, args.cycle))
+                rows.append(
+                    ridge_linear_online(
+                        csv, lookback, horizon, args.ridge_dir, args.cycle, args.per_channel
+                    )
+                )
         if args.out:
             with open(args.out, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -63,6 +63,10 @@ class ModelConfig:
     # forecast/cycle.py); 0 = none. The phase is read from the first two covariates, the sine and
     # cosine of the time of day (the calendar covariates, pipelines/calendar.py).
     cycle_length: int = 0
+    # One linear map per channel (DLinear's "individual"), held as the shared map plus each
+    # channel's departure from it, [C, H, L + 1] more weights; the closed-form fit shrinks the
+    # departures toward 0 by validation (pipelines/linear_fit.py). False: one map for all.
+    linear_per_channel: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -98,6 +102,12 @@ class ModelConfig:
             )
         if not isinstance(self.zero_head, bool):
             raise ConfigError(f"ModelConfig.zero_head must be a bool, got {self.zero_head!r}")
+        if not isinstance(self.linear_per_channel, bool):
+            raise ConfigError(
+                f"ModelConfig.linear_per_channel must be a bool, got {self.linear_per_channel!r}"
+            )
+        if self.linear_per_channel and self.linear_lookback == 0:
+            raise ConfigError("ModelConfig.linear_per_channel needs the linear path (lookback > 0)")
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
             raise ConfigError(f"ModelConfig.dropout must be a number in [0, 1), got {d!r}")

@@ -30,11 +30,13 @@ def cycle_phase(covariates: Tensor, length: int) -> Tensor:
 
 
 def cycle_table(cycle: Tensor, weight: Tensor) -> Tensor:
-    """cycle Q [P, C] and the linear map W [H, L] -> Q_out(p) - W Q_in(p) for every origin phase
-    p: [P, H, C]. Window position l of L is at phase p - L + 1 + l; forecast step h at p + 1 + h."""
+    """cycle Q [P, C] and the linear map W [H, L] (or one per channel, [C, H, L]) ->
+    Q_out(p) - W Q_in(p) for every origin phase p: [P, H, C]. Window position l of L is at phase
+    p - L + 1 + l; forecast step h at p + 1 + h."""
     period = cycle.shape[0]
-    horizon, length = weight.shape
+    horizon, length = weight.shape[-2:]
     origin = torch.arange(period, device=cycle.device)[:, None]
     q_in = cycle[(origin - length + 1 + torch.arange(length, device=cycle.device)) % period]
     q_out = cycle[(origin + 1 + torch.arange(horizon, device=cycle.device)) % period]
-    return q_out - torch.einsum("hl,plc->phc", weight, q_in)
+    mapped = "hl,plc->phc" if weight.dim() == 2 else "chl,plc->phc"
+    return q_out - torch.einsum(mapped, weight, q_in)

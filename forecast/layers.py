@@ -127,8 +127,10 @@ class LinearPath(nn.Module):
     """A linear map of the last L values to the next H, in the running-normalised units of the
     forecast origin (RLinear's map, with the streaming normalisation): for each channel,
         offset_t = W ((w_t - mean_t) / std_t) + b,   w_t = (z_{t-L+1}, ..., z_t),
-    W [H, L] shared across channels. A missing value enters the window as the running mean of its
-    time; before L values have been seen, the window's head holds the prior mean (0).
+    W [H, L] shared across channels (with cfg.linear_per_channel, W + D_c and b + d_c for channel
+    c: the shared map plus the channel's departure, both zero at the start). A missing value
+    enters the window as the running mean of its time; before L values have been seen, the
+    window's head holds the prior mean (0).
 
     With cfg.linear_norm "window" the window is normalised by its own mean m_t and std s_t
     (RevIN, as RLinear) and the map's output denormalised by them:
@@ -143,6 +145,12 @@ class LinearPath(nn.Module):
         self.length = cfg.linear_lookback
         self.window_norm = cfg.linear_norm == "window"
         self.proj = nn.Linear(cfg.linear_lookback, cfg.horizon)
+        # Each channel's departure from the shared map (D [C, H, L], d [C, H]), or None.
+        self.delta_weight = self.delta_bias = None
+        if cfg.linear_per_channel:
+            c, h, n = cfg.n_channels, cfg.horizon, cfg.linear_lookback
+            self.delta_weight = nn.Parameter(torch.zeros(c, h, n))
+            self.delta_bias = nn.Parameter(torch.zeros(c, h))
         # The daily cycle Q [P, C], or None; zero = no cycle until trained or fitted.
         self.cycle = (
             nn.Parameter(torch.zeros(cfg.cycle_length, cfg.n_channels))
@@ -154,6 +162,23 @@ class LinearPath(nn.Module):
             # of the normalised series predicts 0.
             self.proj.weight.zero_()
             self.proj.bias.zero_()
+
+    def weight(self) -> Tensor:
+        """The map W [H, L], or each channel's W + D_c [C, H, L]."""
+        w: Tensor = self.proj.weight
+        return w if self.delta_weight is None else w + self.delta_weight
+
+    def bias(self) -> Tensor:
+        """b [H], or each channel's b + d_c [C, H]."""
+        b: Tensor = self.proj.bias
+        return b if self.delta_bias is None else b + self.delta_bias
+
+    def _raw(self, window: Tensor) -> Tensor:
+        """W w for windows [..., C, L] -> [..., C, H]."""
+        w = self.weight()
+        if w.dim() == 2:
+            return window @ w.T
+        return torch.einsum("...cl,chl->...ch", window, w)
 
     def init_state(
         self, batch: int, n_channels: int, device: torch.device, dtype: torch.dtype
@@ -173,13 +198,14 @@ class LinearPath(nn.Module):
         """raw = W w_t [..., C, H]; mean, std [..., C]; sums: the window's mean and mean square
         [..., C] (with linear_norm "window"); phase [...] of the origin (with a cycle)
         -> offsets [..., H, C]."""
-        w1 = self.proj.weight.sum(-1)  # W 1 [H]
-        bias: Tensor = self.proj.bias
+        weight = self.weight()
+        w1 = weight.sum(-1)  # W 1 [H] (or [C, H])
+        bias = self.bias()
         if self.cycle is not None:
             if phase is None:
                 raise ValueError("a linear path with a daily cycle needs the origin's phase")
             # [..., H, C] -> [..., C, H], beside raw.
-            bias = bias + cycle_table(self.cycle, self.proj.weight)[phase].transpose(-1, -2)
+            bias = bias + cycle_table(self.cycle, weight)[phase].transpose(-1, -2)
         if sums is None:
             out = (raw - mean[..., None] * w1) / std[..., None] + bias
         else:
@@ -211,12 +237,17 @@ class LinearPath(nn.Module):
         steps = z.shape[1]
         nxt = LinearPathState(seq[..., seq.shape[-1] - self.length :])
         if last_only:
-            raw = nxt.window @ self.proj.weight.T  # [B, C, H]
+            raw = self._raw(nxt.window)  # [B, C, H]
             return self._map(raw, mean, std, self._sums(nxt.window), phase), nxt
         b, c, n = seq.shape
         flat = seq.reshape(b * c, 1, n)[..., 1:]
-        # Every window of L ending at each of the T new steps: a convolution with W.
-        raw = F.conv1d(flat, self.proj.weight[:, None])
+        # Every window of L ending at each of the T new steps: a convolution with W (one group
+        # per channel with a map per channel).
+        weight = self.weight()
+        if weight.dim() == 2:
+            raw = F.conv1d(flat, weight[:, None])
+        else:
+            raw = F.conv1d(flat.reshape(b, c, n - 1), weight.flatten(0, 1)[:, None], groups=c)
         raw = raw.reshape(b, c, -1, steps).permute(0, 3, 1, 2)  # [B, T, C, H]
         sums = None
         if self.window_norm:
@@ -231,5 +262,5 @@ class LinearPath(nn.Module):
     ) -> tuple[Tensor, LinearPathState]:
         """z, mean, std [B, C]; phase [B] with a cycle -> (offsets [B, H, C], state)."""
         window = torch.cat([s.window[..., 1:], z[..., None]], dim=-1)
-        raw = window @ self.proj.weight.T
+        raw = self._raw(window)
         return self._map(raw, mean, std, self._sums(window), phase), LinearPathState(window)

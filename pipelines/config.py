@@ -144,6 +144,9 @@ class TrainConfig:
     # ModelConfig.cycle_length: steps in a day for the linear path's daily cycle (0: none;
     # CYCLE_DAY: a day at the data's frequency, which pipelines.train.train resolves).
     cycle_length: int = 0
+    # ModelConfig.linear_per_channel: a linear map per channel (with linear_init "fit", each
+    # pulled toward the shared fit by the strength best on validation, pipelines/linear_fit.py).
+    linear_per_channel: bool = False
     # Where the linear path starts: "zero", or "fit": its closed-form least-squares fit on the
     # training windows (pipelines/linear_fit.py; needs linear_norm "window"), the backbone then
     # learning what the fit leaves; the start is validated too, so training keeps it unless an
@@ -259,6 +262,7 @@ class TrainConfig:
             linear_norm=self.linear_norm,
             zero_head=self.zero_head,
             cycle_length=self.cycle_length,
+            linear_per_channel=self.linear_per_channel,
         )
 
 

@@ -6,6 +6,10 @@ its training MSE has a closed-form minimum: weighted least squares over every fu
 training window, in the model's scaled units, the ridge strength chosen by validation MSE. A
 model started there forecasts what the fit does (with a zero head), and the backbone then trains
 on what the fit leaves. On the benchmarks this start beats SGD from zero (docs/RESULTS.md).
+
+With `per_channel` each channel gets its own map, pulled toward the shared one (a hierarchical
+prior: the channels' maps differ, but each has C times fewer windows than the shared one), the
+strength chosen by validation among CHANNEL_SHRINKS, the shared map itself (inf) included.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from pipelines.data import SeriesData
 from pipelines.protocol import ErrorSums, EvalResult, Splits, window_starts
 
 __all__ = [
+    "CHANNEL_SHRINKS",
     "RIDGE_LAMBDAS",
     "LinearFit",
+    "apply_beta",
     "fit_linear",
     "load_fit",
     "model_scale",
@@ -39,6 +45,15 @@ __all__ = [
 
 # Ridge strengths tried, relative to the mean diagonal of the normal equations.
 RIDGE_LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+# Strengths of the pull of each channel's map toward the shared one, relative to the mean
+# diagonal of the channel's normal equations; inf: the shared map.
+CHANNEL_SHRINKS = (math.inf, 100.0, 10.0, 1.0, 0.1, 0.01)
+
+
+def apply_beta(xt: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Inputs [N, C, K] under the map beta [K, H] (shared) or [C, K, H] (one per channel)
+    -> [N, C, H]."""
+    return xt @ beta if beta.ndim == 2 else np.einsum("nck,ckh->nch", xt, beta)
 
 
 def _norm_windows(
@@ -84,7 +99,7 @@ def score_linear_fit(
     scales: list[np.ndarray],
 ) -> list[EvalResult]:
     """The closed-form linear map (and cycle) scored on every window of `bounds`."""
-    lookback, horizon = fit.beta.shape[0] - 1, fit.beta.shape[1]
+    lookback, horizon = fit.lookback, fit.horizon
     starts = window_starts(bounds, lookback, horizon)
     table = fit.table()
     sums = [ErrorSums(horizon, s) for s in scales]
@@ -93,7 +108,7 @@ def score_linear_fit(
         for i in range(0, len(starts), 2000):
             batch = starts[i : i + 2000]
             xt, m, s, y, _ = _norm_windows(data.values[series], batch, lookback, horizon, floor)
-            norm = xt @ fit.beta  # [N, C, H]
+            norm = apply_beta(xt, fit.beta)  # [N, C, H]
             if table is not None and phase is not None:
                 norm = norm + table[phase[batch + lookback - 1]].transpose(0, 2, 1)
             pred = (s * norm + m).transpose(0, 2, 1)
@@ -104,19 +119,30 @@ def score_linear_fit(
 
 @dataclasses.dataclass(frozen=True)
 class LinearFit:
-    """The linear path in closed form: beta [L + 1, H] (W transposed, b as its last row), the
-    ridge strength, the val MSE, and the daily cycle Q [P, C] (None without one)."""
+    """The linear path in closed form: beta [L + 1, H] (W transposed, b as its last row; one per
+    channel, [C, L + 1, H], with a finite channel shrink), the ridge strength, the val MSE, the
+    daily cycle Q [P, C] (None without one) and the pull of the channels' maps toward the shared
+    one (inf: one shared map)."""
 
     beta: np.ndarray
     ridge: float
     val_mse: float
     cycle: np.ndarray | None = None
+    channel_shrink: float = math.inf
+
+    @property
+    def lookback(self) -> int:
+        return int(self.beta.shape[-2]) - 1
+
+    @property
+    def horizon(self) -> int:
+        return int(self.beta.shape[-1])
 
     def table(self) -> np.ndarray | None:
         """The cycle's part of the normalised forecast for each origin phase [P, H, C]."""
         if self.cycle is None:
             return None
-        w = torch.from_numpy(np.ascontiguousarray(self.beta[:-1].T))
+        w = torch.from_numpy(np.ascontiguousarray(np.swapaxes(self.beta[..., :-1, :], -1, -2)))
         return cycle_table(torch.from_numpy(self.cycle), w).numpy()
 
 
@@ -128,7 +154,12 @@ def day_phases(data: SeriesData, series: int, period: int) -> np.ndarray:
 
 
 def fit_linear(
-    data: SeriesData, splits: Splits, lookback: int, horizon: int, cycle: int = 0
+    data: SeriesData,
+    splits: Splits,
+    lookback: int,
+    horizon: int,
+    cycle: int = 0,
+    per_channel: bool = False,
 ) -> LinearFit:
     """The linear path alone with `--linear-norm window` (RLinear) in closed form: W [H, L] and
     b [H], shared by the channels, minimise the training MSE in the model's scaled units over every
@@ -139,11 +170,18 @@ def fit_linear(
     W): the objective is then bilinear, so it is minimised alternately, W by least squares for a
     given Q and Q by least squares for a given W, each step exact, so the loss never rises. Both
     steps need only sums over the windows grouped by origin phase and channel, gathered in one
-    pass over the training windows."""
+    pass over the training windows.
+
+    per_channel: then each channel's own map, pulled toward the shared fit by each strength of
+    CHANNEL_SHRINKS (least squares again, the shared fit's cycle kept); the best on val is kept,
+    the shared fit when none beats it."""
     scale, floor = model_scale(data, splits.train)
     k, c = lookback + 1, len(data.channels)
     p = max(cycle, 1)
     gram, cross = np.zeros((k, k)), np.zeros((k, horizon))
+    # With per_channel, the same sums per channel as well (their sum is gram and cross).
+    per = (c if per_channel else 0, k)
+    per_gram, per_cross = np.zeros((*per, k)), np.zeros((*per, horizon))
     # Per origin phase and channel: the weights, weighted inputs and weighted targets.
     nw, x1, y1 = np.zeros((p, c)), np.zeros((p, c, k)), np.zeros((p, c, horizon))
     starts = window_starts(splits.train, lookback, horizon)
@@ -157,6 +195,9 @@ def fit_linear(
             xw = xt * weight[..., None]
             gram += xw.reshape(-1, k).T @ xt.reshape(-1, k)
             cross += xw.reshape(-1, k).T @ yn.reshape(-1, horizon)
+            for ch in range(per[0]):
+                per_gram[ch] += xw[:, ch].T @ xt[:, ch]
+                per_cross[ch] += xw[:, ch].T @ yn[:, ch]
             if phase is not None:
                 at = phase[batch + lookback - 1]
                 np.add.at(nw, at, weight)
@@ -192,7 +233,39 @@ def fit_linear(
             "the closed-form fit has no solution with a finite validation error at any ridge "
             f"strength {RIDGE_LAMBDAS}: too few observed windows, or none in the val split"
         )
+    if not per_channel:
+        return best
+    shared = best
+    g, r = per_gram, per_cross
+    if shared.cycle is not None:
+        g, r = _decycled(per_gram, per_cross, nw, x1, y1, shared.cycle, horizon)
+    for mu in CHANNEL_SHRINKS:
+        if math.isinf(mu):
+            continue  # the shared fit, already scored
+        try:
+            beta = _shrunk(g, r, shared.beta, mu)
+        except np.linalg.LinAlgError:
+            continue  # a channel with no observed window at this strength
+        fit = LinearFit(beta, shared.ridge, math.nan, shared.cycle, mu)
+        (val,) = score_linear_fit(data, splits.val, fit, floor, [scale])
+        if math.isfinite(val.mse) and val.mse < best.val_mse:
+            best = dataclasses.replace(fit, val_mse=val.mse)
     return best
+
+
+def _shrunk(gram: np.ndarray, cross: np.ndarray, shared: np.ndarray, mu: float) -> np.ndarray:
+    """Each channel's map [C, K, H] from its sums [C, K, K] and [C, K, H], pulled toward the
+    shared map [K, H] with strength mu relative to the channel's mean diagonal:
+    argmin_b (b^T G b - 2 b^T R) + mu tr(G) / K |b - shared|^2."""
+    k = gram.shape[-1]
+    pull = mu * np.trace(gram, axis1=1, axis2=2) / k  # [C]
+    eye = np.eye(k)
+    return np.stack(
+        [
+            np.linalg.solve(gc + t * eye, rc + t * shared)
+            for gc, rc, t in zip(gram, cross, pull, strict=True)
+        ]
+    )
 
 
 # Alternating rounds of the cycle fit (W given Q, then Q given W).
@@ -217,18 +290,20 @@ def _decycled(
     horizon: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The normal equations of W on the windows with the cycle taken out (inputs x - Q_in, the
-    bias column untouched; targets y - Q_out), from the sums: no second pass over the data."""
-    period, lookback = q.shape[0], gram.shape[0] - 1
+    bias column untouched; targets y - Q_out), from the sums: no second pass over the data.
+    gram [K, K] and cross [K, H] summed over the channels, or [C, K, K] and [C, K, H] each."""
+    period, lookback = q.shape[0], gram.shape[-1] - 1
     idx_in, idx_out = _cycle_index(period, lookback, horizon)
     q_in = np.concatenate([q[idx_in].transpose(0, 2, 1), np.zeros((*nw.shape, 1))], axis=-1)
     q_out = q[idx_out].transpose(0, 2, 1)  # [P, C, H]
-    xq = np.einsum("pck,pcj->kj", x1, q_in)
-    g = gram - xq - xq.T + np.einsum("pc,pck,pcj->kj", nw, q_in, q_in)
+    c = "c" if gram.ndim == 3 else ""
+    xq = np.einsum(f"pck,pcj->{c}kj", x1, q_in)
+    g = gram - xq - np.swapaxes(xq, -1, -2) + np.einsum(f"pc,pck,pcj->{c}kj", nw, q_in, q_in)
     r = (
         cross
-        - np.einsum("pck,pch->kh", x1, q_out)
-        - np.einsum("pck,pch->kh", q_in, y1)
-        + np.einsum("pc,pck,pch->kh", nw, q_in, q_out)
+        - np.einsum(f"pck,pch->{c}kh", x1, q_out)
+        - np.einsum(f"pck,pch->{c}kh", q_in, y1)
+        + np.einsum(f"pc,pck,pch->{c}kh", nw, q_in, q_out)
     )
     return g, r
 
@@ -268,6 +343,7 @@ def save_fit(fit: LinearFit, path: str | os.PathLike[str]) -> None:
     tensors = {
         "beta": torch.from_numpy(fit.beta),
         "ridge": torch.tensor(fit.ridge, dtype=torch.float64),
+        "channel_shrink": torch.tensor(fit.channel_shrink, dtype=torch.float64),
     }
     if fit.cycle is not None:
         tensors["cycle"] = torch.from_numpy(fit.cycle)
@@ -278,24 +354,36 @@ def load_fit(path: str | os.PathLike[str]) -> LinearFit:
     """A fit saved by `save_fit` (its val MSE is NaN: not kept)."""
     tensors = load_file(str(path))
     cycle = tensors["cycle"].numpy() if "cycle" in tensors else None
-    return LinearFit(tensors["beta"].numpy(), float(tensors["ridge"]), math.nan, cycle)
+    shrink = float(tensors["channel_shrink"]) if "channel_shrink" in tensors else math.inf
+    return LinearFit(tensors["beta"].numpy(), float(tensors["ridge"]), math.nan, cycle, shrink)
 
 
 def set_linear_path(model: Forecaster, fit: LinearFit) -> None:
     """Set the model's linear path (and its cycle) to the fit; with a zero head the model then
-    forecasts what the fit does."""
+    forecasts what the fit does. A fit per channel sets the shared map to the channels' mean and
+    each channel's departure to the rest (any split gives the same forecast; this one is the
+    smallest departure); a shared fit into a model with a map per channel sets the departures
+    to 0."""
     linear = model.linear
-    if linear is None or not linear.window_norm or linear.length != fit.beta.shape[0] - 1:
+    if linear is None or not linear.window_norm or linear.length != fit.lookback:
         raise ValueError(
             "the closed-form start needs the linear path with linear_norm 'window' and "
-            f"linear_lookback {fit.beta.shape[0] - 1}"
+            f"linear_lookback {fit.lookback}"
         )
+    if fit.beta.ndim == 3 and linear.delta_weight is None:
+        raise ValueError("the fit has a map per channel: the model needs linear_per_channel")
     shape = None if linear.cycle is None else tuple(linear.cycle.shape)
     if shape != (None if fit.cycle is None else fit.cycle.shape):
         raise ValueError("the fit's daily cycle does not match the model's cycle_length")
     weight = linear.proj.weight
+    shared = fit.beta if fit.beta.ndim == 2 else fit.beta.mean(0)
     with torch.no_grad():
-        weight.copy_(torch.from_numpy(fit.beta[:-1].T).to(weight))
-        linear.proj.bias.copy_(torch.from_numpy(fit.beta[-1]).to(weight))
+        weight.copy_(torch.from_numpy(shared[:-1].T).to(weight))
+        linear.proj.bias.copy_(torch.from_numpy(shared[-1]).to(weight))
+        if linear.delta_weight is not None and linear.delta_bias is not None:
+            delta = np.zeros_like(shared) if fit.beta.ndim == 2 else fit.beta - shared
+            dw = np.swapaxes(delta[..., :-1, :], -1, -2)  # [H, L] or [C, H, L]
+            linear.delta_weight.copy_(torch.from_numpy(np.ascontiguousarray(dw)).to(weight))
+            linear.delta_bias.copy_(torch.from_numpy(delta[..., -1, :]).to(weight))
         if linear.cycle is not None and fit.cycle is not None:
             linear.cycle.copy_(torch.from_numpy(fit.cycle).to(weight))

@@ -14,6 +14,10 @@ daily cycle Q stays at the training fit: with Q fixed the objective in W is leas
 and Q's own sums would double the state for a profile the training year already pins down. The
 map is solved again every `every` rows (a day, with a cycle), and the origins in between use the
 last solution, which only saw windows ending by its own origin.
+
+A fit with a map per channel (`fit_linear(per_channel=True)`) keeps the sums per channel: at each
+solve the shared map is solved from their total and each channel's map pulled toward it with the
+fit's channel shrink, as the training fit was.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from pipelines.linear_fit import (
     LinearFit,
     _cycle_index,
     _norm_windows,
+    _shrunk,
+    apply_beta,
     day_phases,
     fit_linear,
     model_scale,
@@ -64,7 +70,8 @@ HALF_LIVES = (math.inf, 1.0, 0.5, 0.25, 0.125, 0.0625)
 
 @dataclasses.dataclass(frozen=True)
 class OnlineSums:
-    """The online fit's state: G [K, K] and R [K, H] weighted as of row `origin`."""
+    """The online fit's state: G [K, K] and R [K, H] weighted as of row `origin` (per channel,
+    [C, K, K] and [C, K, H], for a fit with a map per channel)."""
 
     gram: np.ndarray
     cross: np.ndarray
@@ -76,7 +83,7 @@ class FitWindows:
 
     def __init__(self, data: SeriesData, fit: LinearFit, scale: np.ndarray, floor: np.ndarray):
         self.data, self.fit, self.scale, self.floor = data, fit, scale, floor
-        self.lookback, self.horizon = fit.beta.shape[0] - 1, fit.beta.shape[1]
+        self.lookback, self.horizon = fit.lookback, fit.horizon
         self.phases: list[np.ndarray] | None = None
         if fit.cycle is not None:
             period, c = fit.cycle.shape
@@ -112,7 +119,7 @@ class FitWindows:
         cycle = 0.0
         if self.phases is not None:
             cycle = self.q_out[self.phases[series][starts + self.lookback - 1]]
-        return [(s * (xt @ beta + cycle) + m).transpose(0, 2, 1) for beta in betas]
+        return [(s * (apply_beta(xt, beta) + cycle) + m).transpose(0, 2, 1) for beta in betas]
 
 
 def add_windows(
@@ -137,6 +144,7 @@ def add_windows_many(
     before = states[0].origin
     if any(st.origin != before for st in states):
         raise ValueError("add_windows_many moves states of one origin")
+    per_channel = states[0].gram.ndim == 3
     grams = [st.gram * g ** (origin - before) for st, g in zip(states, gammas, strict=True)]
     crosses = [st.cross * g ** (origin - before) for st, g in zip(states, gammas, strict=True)]
     first = max(before - lookback - horizon + 2, 0)
@@ -148,22 +156,38 @@ def add_windows_many(
             xt, yn, _, _, _, weight = windows.read(series, batch)  # weight 0: left out
             x2, y2 = xt.reshape(-1, k), yn.reshape(-1, horizon)
             for j, g in enumerate(gammas):
+                if per_channel:
+                    w3 = (weight * g ** age[:, None])[..., None]  # [N, C, 1]
+                    grams[j] = grams[j] + np.einsum("nck,ncj->ckj", xt * w3, xt)
+                    crosses[j] = crosses[j] + np.einsum("nck,nch->ckh", xt * w3, yn)
+                    continue
                 w = (weight * g ** age[:, None]).reshape(-1, 1)
                 grams[j] = grams[j] + (x2 * w).T @ x2
                 crosses[j] = crosses[j] + (x2 * w).T @ y2
     return [OnlineSums(g, c, origin) for g, c in zip(grams, crosses, strict=True)]
 
 
-def online_beta(state: OnlineSums, ridge: float) -> np.ndarray:
+def online_beta(state: OnlineSums, ridge: float, channel_shrink: float = math.inf) -> np.ndarray:
     """The map [K, H] of the state, ridge relative to G's mean diagonal, the bias not shrunk.
-    lstsq where the sums are singular (a constant stretch): the least-norm solution."""
-    k = state.gram.shape[0]
-    reg = ridge * np.trace(state.gram) / k * np.eye(k)
+    lstsq where the sums are singular (a constant stretch): the least-norm solution. Sums per
+    channel give a map per channel [C, K, H], pulled toward the shared one by channel_shrink."""
+    per_channel = state.gram.ndim == 3
+    gram = state.gram.sum(0) if per_channel else state.gram
+    cross = state.cross.sum(0) if per_channel else state.cross
+    k = gram.shape[0]
+    reg = ridge * np.trace(gram) / k * np.eye(k)
     reg[-1, -1] = 0.0
     try:
-        return np.linalg.solve(state.gram + reg, state.cross)
+        shared = np.linalg.solve(gram + reg, cross)
     except np.linalg.LinAlgError:
-        return np.linalg.lstsq(state.gram + reg, state.cross, rcond=None)[0]
+        shared = np.linalg.lstsq(gram + reg, cross, rcond=None)[0]
+    if not per_channel:
+        return shared
+    try:
+        return _shrunk(state.gram, state.cross, shared, channel_shrink)
+    except np.linalg.LinAlgError:
+        # A channel not yet seen: its map is the shared one.
+        return np.broadcast_to(shared, state.cross.shape).copy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,13 +246,14 @@ def _online_blocks(
     k, horizon = windows.lookback + 1, windows.horizon
     limit = data.n_steps - windows.lookback - horizon + 1  # one past the last window's start
     first, last = origins
-    empty = OnlineSums(np.zeros((k, k)), np.zeros((k, horizon)), -1)
+    per = (fit.beta.shape[0],) if fit.beta.ndim == 3 else ()
+    empty = OnlineSums(np.zeros((*per, k, k)), np.zeros((*per, k, horizon)), -1)
     states = add_windows_many([empty] * len(gammas), windows, first, gammas, limit)
     for origin in range(first, last + 1, every):
         if origin > first:
             states = add_windows_many(states, windows, origin, gammas, limit)
         at = np.arange(origin, min(origin + every, last + 1))
-        yield at, [online_beta(st, fit.ridge) for st in states]
+        yield at, [online_beta(st, fit.ridge, fit.channel_shrink) for st in states]
 
 
 def online_maps(
@@ -266,14 +291,16 @@ def online_forecasts(
 
 
 def linear_part(model: Forecaster, ridge: float = 0.0) -> LinearFit:
-    """A model's own linear path (and cycle) as a fit: beta [L + 1, H] in float64."""
+    """A model's own linear path (and cycle) as a fit: beta [L + 1, H] in float64 ([C, L + 1, H]
+    with a map per channel; its channel shrink 0: the model's maps are what they are)."""
     linear = model.linear
     if linear is None or not linear.window_norm:
         raise ValueError("the online linear path needs a model with linear_norm 'window'")
-    weight = linear.proj.weight.detach().double().cpu().numpy()
-    bias = linear.proj.bias.detach().double().cpu().numpy()
+    weight = linear.weight().detach().double().cpu().numpy()
+    bias = linear.bias().detach().double().cpu().numpy()
     cycle = None if linear.cycle is None else linear.cycle.detach().double().cpu().numpy()
-    return LinearFit(np.concatenate([weight.T, bias[None]]), ridge, math.nan, cycle)
+    beta = np.concatenate([np.swapaxes(weight, -1, -2), bias[..., None, :]], axis=-2)
+    return LinearFit(beta, ridge, math.nan, cycle, 0.0 if beta.ndim == 3 else math.inf)
 
 
 class OnlinePath:
@@ -336,7 +363,7 @@ def split_origins(splits: Splits, horizon: int) -> dict[str, tuple[int, int]]:
 def online_span(splits: Splits, fit: LinearFit, every: int = 0) -> range:
     """The solve origins of `score_online_fits`: from the first val window's origin to the last
     test window's, every `every` rows."""
-    origins = split_origins(splits, fit.beta.shape[1])
+    origins = split_origins(splits, fit.horizon)
     return range(origins["val"][0], origins["test"][1] + 1, _every(fit, every))
 
 
@@ -351,7 +378,7 @@ def score_online_fits(
 ) -> list[tuple[list[EvalResult], list[EvalResult]]]:
     """`score_online_fit` under each half-life, in one pass over the data (the windows read once
     for all): one (val results, test results) per half-life. tick: called after each block."""
-    horizon, lookback = fit.beta.shape[1], fit.beta.shape[0] - 1
+    horizon, lookback = fit.horizon, fit.lookback
     ranges = split_origins(splits, horizon)
     sums = [{name: [ErrorSums(horizon, s) for s in scales] for name in ranges} for _ in half_lives]
     scale, floor = model_scale(data, splits.train)
@@ -431,8 +458,9 @@ def online_path(
     if horizon > model.config.horizon:
         raise ValueError(f"horizon {horizon} exceeds the model's horizon {model.config.horizon}")
     with tqdm(desc="online fit", unit="step", disable=not progress) as bar:
+        cfg = model.config
         fit = fit_linear(
-            data, splits, linear.length, model.config.horizon, model.config.cycle_length
+            data, splits, linear.length, cfg.horizon, cfg.cycle_length, cfg.linear_per_channel
         )
         bar.total = 1 + len(online_span(splits, fit))
         bar.update()

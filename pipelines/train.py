@@ -95,7 +95,14 @@ def train(
     if cfg.linear_init == "fit":
         # Fitted once here, on the driver: every worker starts its linear path from the same fit.
         assert model.linear is not None
-        fit = fit_linear(data, splits, model.linear.length, cfg.horizon, cfg.cycle_length)
+        fit = fit_linear(
+            data,
+            splits,
+            model.linear.length,
+            cfg.horizon,
+            cfg.cycle_length,
+            per_channel=cfg.linear_per_channel,
+        )
         set_linear_path(model, fit)
         linear_start = {k: v.detach().numpy() for k, v in model.linear.state_dict().items()}
 

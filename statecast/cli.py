@@ -106,8 +106,8 @@ _TRAIN_OPTIONS = (
     "model", "lookback", "horizon", "epochs", "batch_size", "lr", "patience", "steps_per_epoch",
     "d_model", "n_layers", "norm_halflife", "weight_decay", "lr_schedule", "warmup_epochs",
     "linear_lr", "linear_norm", "zero_head", "dropout", "channel_independent", "cycle_length",
-    "linear_init", "shrink_backbone", "shrink_groups", "point_loss", "mse_weight", "workers",
-    "gpu", "seed", "experiment", "register", "run_name",
+    "linear_per_channel", "linear_init", "shrink_backbone", "shrink_groups", "point_loss",
+    "mse_weight", "workers", "gpu", "seed", "experiment", "register", "run_name",
 )  # fmt: skip
 
 
@@ -456,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="steps in a day for the linear path's learned daily cycle (0 = none, the default; "
         "'day': a day at the data's frequency, e.g. 24 hourly)",
+    )
+    tr.add_argument(
+        "--linear-per-channel",
+        action=flag,
+        default=None,
+        help="a linear map per channel (with --linear-init fit: each pulled toward the shared "
+        "fit by the strength best on validation; default: one map for all channels)",
     )
     tr.add_argument(
         "--point-loss",

@@ -8,7 +8,8 @@
 # DATASETS, HORIZONS: subsets. ONLINE=1 (with PART=long): the ensembles also score the full
 # history with the linear path refitted online (bench.accuracy --online; the fits in RD are its
 # start, so carry them in float64 there; TE_OMP: the ensemble scorers' numpy threads). KIND: the
-# model kind (default diagonal_ssm, the eighth section's). RD: the fits' folder; a call carries
+# model kind (default diagonal_ssm, the eighth section's). EXTRA: options added to every run
+# (e.g. --per-channel), TAG: a suffix for their variant names. RD: the fits' folder; a call carries
 # at most 64 MiB, so the fits travel as float32 copies
 # (bench/device/fits32.py: the model's linear path is float32, so it starts the same), only those
 # the call needs.
@@ -33,7 +34,7 @@ fi
 for d in ${DATASETS:-ETTh1 ETTm1 weather}; do
   for h in ${HORIZONS:-96 192 336 720}; do
     V=()
-    for s in 0 1 2; do V+=(--variant "rc3shg_s$s=${OPTS[$d]} --seed $s"); done
+    for s in 0 1 2; do V+=(--variant "rc3shg${TAG}_s$s=${OPTS[$d]} $EXTRA --seed $s"); done
     timeout $T $A --datasets $d --horizons $h --lookbacks ${LB[$d]} --jobs 3 --scores $SC \
       --save-dir /tmp/ens_$PART/${d}_$h "${V[@]}" > $L/${d}_$h.txt 2>&1 &
   done

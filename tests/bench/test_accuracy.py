@@ -124,15 +124,25 @@ def test_the_online_row_is_the_online_fit_chosen_on_val(toy_csv: Path, tmp_path:
         assert saved[key] == fresh[key]
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
 def test_a_model_at_the_fit_with_the_online_path_is_the_online_fit(
-    toy_csv: Path, tmp_path: Path
+    toy_csv: Path, tmp_path: Path, per_channel: bool
 ) -> None:
     """A model whose forecast is its linear path (started at the fit, zero head): swapping that
-    path's part for the online fit's gives the online fit alone, on val and test."""
-    alone = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24)
-    ridge_linear(toy_csv, LOOKBACK, HORIZON, save_dir=str(tmp_path), cycle=24)
+    path's part for the online fit's gives the online fit alone, on val and test; with a map per
+    channel too (the fit's, the online fit's and the model's)."""
+    alone = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24, per_channel=per_channel)
+    saved = ridge_linear(toy_csv, LOOKBACK, HORIZON, str(tmp_path), 24, per_channel)
+    assert math.isfinite(saved["config"]["channel_shrink"]) == per_channel
+    assert alone["config"]["channel_shrink"] == saved["config"]["channel_shrink"]
     data = read_dataset(toy_csv, DataConfig())
-    cfg = config(toy_csv, cycle_length=24, lookback=2 * LOOKBACK, linear_lookback=LOOKBACK)
+    cfg = config(
+        toy_csv,
+        cycle_length=24,
+        lookback=2 * LOOKBACK,
+        linear_lookback=LOOKBACK,
+        linear_per_channel=per_channel,
+    )
     model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
     splits = protocol_splits(data.name, data.n_steps)
     model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))

@@ -24,6 +24,8 @@ OPTIONS = [
     dict(channel_independent=True, linear_lookback=5, norm_halflife=0, linear_norm="window"),
     dict(linear_lookback=6, norm_halflife=5, linear_norm="window", cycle_length=7),
     dict(channel_independent=True, linear_lookback=4, norm_halflife=0, cycle_length=3),
+    dict(linear_lookback=6, norm_halflife=5, linear_norm="window", linear_per_channel=True),
+    dict(channel_independent=True, linear_lookback=4, cycle_length=3, linear_per_channel=True),
 ]
 
 
@@ -125,9 +127,13 @@ def test_window_norm_is_revin_on_the_linear_window() -> None:
             assert_close("revin", (f - mean[0, t, c]) / std[0, t, c], out[0, t, :, c])
 
 
-def test_daily_cycle_is_taken_out_of_the_window_and_put_back_into_the_forecast() -> None:
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_daily_cycle_is_taken_out_of_the_window_and_put_back_into_the_forecast(
+    per_channel: bool,
+) -> None:
     """cycle_length P: f = s (W ((w - m) / s - Q_in) + b + Q_out) + m, Q_in the cycle at the
-    window's phases (up to the origin's, read from the covariates), Q_out at the next H."""
+    window's phases (up to the origin's, read from the covariates), Q_out at the next H. With
+    linear_per_channel channel c's map is W + D_c and its bias b + d_c."""
     torch.manual_seed(0)
     period, length, horizon = 7, 5, 3
     cfg = ModelConfig(
@@ -138,11 +144,13 @@ def test_daily_cycle_is_taken_out_of_the_window_and_put_back_into_the_forecast()
         linear_norm="window",
         n_covariates=2,
         cycle_length=period,
+        linear_per_channel=per_channel,
     )
     path = LinearPath(cfg).double()
     assert path.cycle is not None
+    assert (path.delta_weight is not None) == per_channel
     with torch.no_grad():
-        for p in (path.proj.weight, path.proj.bias, path.cycle):
+        for p in path.parameters():
             p.normal_()
     z = torch.randn(1, 9, 2, dtype=torch.float64) * 3 + 2
     mean = torch.randn(1, 9, 2, dtype=torch.float64)
@@ -161,7 +169,10 @@ def test_daily_cycle_is_taken_out_of_the_window_and_put_back_into_the_forecast()
             q_in = q[[(first + u) % period for u in range(t - length + 1, t + 1)], c]
             q_out = q[[(first + t + 1 + h) % period for h in range(horizon)], c]
             m, s = w.mean(), torch.sqrt(w.var(unbiased=False) + VAR_FLOOR)
-            f = s * (path.proj.weight @ ((w - m) / s - q_in) + path.proj.bias + q_out) + m
+            wc, bc = path.proj.weight, path.proj.bias
+            if path.delta_weight is not None and path.delta_bias is not None:
+                wc, bc = wc + path.delta_weight[c], bc + path.delta_bias[c]
+            f = s * (wc @ ((w - m) / s - q_in) + bc + q_out) + m
             assert_close("cycle", (f - mean[0, t, c]) / std[0, t, c], out[0, t, :, c])
     with pytest.raises(ValueError, match="phase"):
         path(z, mean, std, start)
@@ -250,6 +261,7 @@ def test_dropout_only_while_training() -> None:
         ("zero_head", 0),
         ("cycle_length", -1),
         ("cycle_length", 24),
+        ("linear_per_channel", 1),
     ],
 )
 def test_bad_options_name_the_field(field: str, value: object) -> None:

@@ -66,17 +66,21 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> SeriesData:
     )
 
 
-def _brute_beta(data: SeriesData, fit, origin: int, gamma: float) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """The weighted ridge solution written out window by window, channel by channel."""
+def _brute_sums(
+    data: SeriesData, fit, origin: int, gamma: float
+) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """Each channel's weighted sums (G_c, R_c) written out window by window: the windows whose
+    last target row is at or before `origin`, the cycle out, weighted by gamma^age."""
     scale, floor = model_scale(data, protocol_splits(data.name, data.n_steps).train)
     period = fit.cycle.shape[0]
     phase = FitWindows(data, fit, scale, floor).phases[0]  # type: ignore[index]
-    rows, targets, weights = [], [], []
     values = data.values[0].astype(np.float64)
-    for s in range(0, origin - LOOKBACK - HORIZON + 2):
-        e = s + LOOKBACK + HORIZON - 1
-        at = phase[s + LOOKBACK - 1]
-        for c in range(values.shape[1]):
+    sums = []
+    for c in range(values.shape[1]):
+        rows, targets, weights = [], [], []
+        for s in range(0, origin - LOOKBACK - HORIZON + 2):
+            e = s + LOOKBACK + HORIZON - 1
+            at = phase[s + LOOKBACK - 1]
             x, y = values[s : s + LOOKBACK, c], values[s + LOOKBACK : e + 1, c]
             if np.isnan(x).any() or np.isnan(y).any():
                 continue
@@ -86,11 +90,19 @@ def _brute_beta(data: SeriesData, fit, origin: int, gamma: float) -> np.ndarray:
             rows.append(np.append((x - m) / sd - q_in, 1.0))
             targets.append((y - m) / sd - q_out)
             weights.append((sd / scale[c]) ** 2 * gamma ** (origin - e))
-    a, y, w = np.array(rows), np.array(targets), np.array(weights)
-    gram = (a * w[:, None]).T @ a
-    reg = fit.ridge * np.trace(gram) / a.shape[1] * np.eye(a.shape[1])
+        a, y, w = np.array(rows), np.array(targets), np.array(weights)
+        sums.append(((a * w[:, None]).T @ a, (a * w[:, None]).T @ y))
+    return sums
+
+
+def _brute_beta(data: SeriesData, fit, origin: int, gamma: float) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The weighted ridge solution of every channel's windows together."""
+    sums = _brute_sums(data, fit, origin, gamma)
+    gram, cross = sum(g for g, _ in sums), sum(r for _, r in sums)
+    k = gram.shape[0]
+    reg = fit.ridge * np.trace(gram) / k * np.eye(k)
     reg[-1, -1] = 0.0
-    return np.linalg.solve(gram + reg, (a * w[:, None]).T @ y)
+    return np.linalg.solve(gram + reg, cross)
 
 
 @pytest.mark.parametrize(("gamma", "ridge"), [(1.0, 0.0), (0.99, 0.1)])
@@ -110,6 +122,29 @@ def test_the_online_map_is_the_weighted_ridge_of_the_windows_seen(
         np.testing.assert_allclose(
             online_beta(state, ridge), _brute_beta(toy, fit, origin, gamma), rtol=1e-8, atol=1e-10
         )
+
+
+@pytest.mark.parametrize("mu", [0.1, 10.0])
+def test_the_online_maps_per_channel_are_each_channels_ridge_pulled_to_the_shared(
+    toy: SeriesData, mu: float
+) -> None:
+    """A fit with a map per channel keeps the sums per channel: each channel's map solves
+    (G_c + t_c I) b_c = R_c + t_c b, t_c = mu tr(G_c) / K, b the shared map of their total."""
+    splits = protocol_splits(toy.name, toy.n_steps)
+    shared = fit_linear(toy, splits, LOOKBACK, HORIZON, PERIOD)
+    fit = dataclasses.replace(shared, beta=np.stack([shared.beta] * 2), channel_shrink=mu)
+    scale, floor = model_scale(toy, splits.train)
+    windows = FitWindows(toy, fit, scale, floor)
+    k = LOOKBACK + 1
+    state = OnlineSums(np.zeros((2, k, k)), np.zeros((2, k, HORIZON)), -1)
+    for origin in (151, 233, 470):
+        state = add_windows(state, windows, origin, 0.99, toy.n_steps - LOOKBACK - HORIZON + 1)
+        got = online_beta(state, fit.ridge, mu)
+        b = _brute_beta(toy, fit, origin, 0.99)
+        for c, (gram, cross) in enumerate(_brute_sums(toy, fit, origin, 0.99)):
+            t = mu * np.trace(gram) / k
+            want = np.linalg.solve(gram + t * np.eye(k), cross + t * b)
+            np.testing.assert_allclose(got[c], want, rtol=1e-8, atol=1e-10)
 
 
 def test_without_a_solve_it_is_the_training_fit(toy: SeriesData) -> None:
