@@ -6,5 +6,5 @@
 # --ridge-linear --per-channel fits).
 # Run on the lent GPU: bash bench/device/sweep.sh bash bench/device/acc_pc.sh, carrying
 # .whl_acc, .bench_data/rpc32 and the two .csv.xz files.
-PART=l96 HORIZONS="96 720" RD=.bench_data/rpc32 EXTRA=--per-channel TAG=pc T=${T:-420} \
+PART=l96 HORIZONS="${HORIZONS:-96 720}" RD=.bench_data/rpc32 EXTRA=--per-channel TAG=pc T=${T:-420} \
   TE=${TE:-120} bash bench/device/acc_grid.sh
