@@ -9,14 +9,15 @@
 # history with the linear path refitted online (bench.accuracy --online; the fits in RD are its
 # start, so carry them in float64 there; TE_OMP: the ensemble scorers' numpy threads). KIND: the
 # model kind (default diagonal_ssm, the eighth section's). EXTRA: options added to every run
-# (e.g. --per-channel), TAG: a suffix for their variant names. RD: the fits' folder; a call carries
+# (e.g. --per-channel), TAG: a suffix for their variant names; RUN: a suffix for the scratch
+# folders, so that two runs of this script can share a call. RD: the fits' folder; a call carries
 # at most 64 MiB, so the fits travel as float32 copies
 # (bench/device/fits32.py: the model's linear path is float32, so it starts the same), only those
 # the call needs.
 # Run on the lent GPU: bash bench/device/sweep.sh bash bench/device/acc_grid.sh (PART=...).
 T=${T:-480}
 PART=${PART:-l96}
-L=/tmp/logs_$PART; rm -rf /tmp/ens_$PART; mkdir -p $L
+L=/tmp/logs_$PART$RUN; E=/tmp/ens_$PART$RUN; rm -rf $E; mkdir -p $L
 export OMP_NUM_THREADS=1
 A="python3 -m bench.accuracy --kind ${KIND:-diagonal_ssm} --data-dir /tmp/data --device cuda --out $OUT/rows.jsonl --ridge-dir ${RD:-.bench_data/ridgec}"
 NEW="--batch-size 128 --lr 1e-3 --lr-schedule cosine --warmup-epochs 0.5 --linear-lr 5e-3 --linear-norm window --zero-head --dropout 0.1 --patience 3 --steps-per-epoch 100"
@@ -36,18 +37,18 @@ for d in ${DATASETS:-ETTh1 ETTm1 weather}; do
     V=()
     for s in 0 1 2; do V+=(--variant "rc3shg${TAG}_s$s=${OPTS[$d]} $EXTRA --seed $s"); done
     timeout $T $A --datasets $d --horizons $h --lookbacks ${LB[$d]} --jobs 3 --scores $SC \
-      --save-dir /tmp/ens_$PART/${d}_$h "${V[@]}" > $L/${d}_$h.txt 2>&1 &
+      --save-dir $E/${d}_$h "${V[@]}" > $L/${d}_$h.txt 2>&1 &
   done
 done
 wait
 echo "sweep done $(date)"
-for f in /tmp/ens_$PART/*; do
+for f in $E/*; do
   OMP_NUM_THREADS=${TE_OMP:-1} timeout ${TE:-100} python3 -m bench.accuracy --ensemble-from $f \
     --scores $SC --device cuda \
     ${ONLINE:+--online --ridge-dir ${RD:-.bench_data/ridgec}} --out $OUT/ens.jsonl \
     > $L/ens_$(basename $f).txt 2>&1 &
 done
 wait
-tar czf $OUT/logs.tgz -C /tmp logs_$PART
+tar czf $OUT/logs.tgz -C /tmp logs_$PART$RUN
 python3 bench/device/rows.py $OUT/rows.jsonl $OUT/ens.jsonl
 echo "all done $(date)"
