@@ -157,9 +157,10 @@ def add_windows_many(
             x2, y2 = xt.reshape(-1, k), yn.reshape(-1, horizon)
             for j, g in enumerate(gammas):
                 if per_channel:
-                    w3 = (weight * g ** age[:, None])[..., None]  # [N, C, 1]
-                    grams[j] = grams[j] + np.einsum("nck,ncj->ckj", xt * w3, xt)
-                    crosses[j] = crosses[j] + np.einsum("nck,nch->ckh", xt * w3, yn)
+                    # [C, K, N] @ [C, N, K]: one matrix product per channel (BLAS, not einsum).
+                    xw = (xt * (weight * g ** age[:, None])[..., None]).transpose(1, 2, 0)
+                    grams[j] = grams[j] + xw @ xt.transpose(1, 0, 2)
+                    crosses[j] = crosses[j] + xw @ yn.transpose(1, 0, 2)
                     continue
                 w = (weight * g ** age[:, None]).reshape(-1, 1)
                 grams[j] = grams[j] + (x2 * w).T @ x2
