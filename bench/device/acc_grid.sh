@@ -3,7 +3,9 @@
 # and weather at H = 96, 192, 336, 720, seeds 0-2 and their mean, recipe `rc3` (the linear path
 # and daily cycle at their closed-form fit, frozen; the backbone on the residual at lr 3e-4, MSE
 # point loss) with the shrink chosen on validation per channel and quarter of the horizon (every
-# row also reports the one-weight and per-channel shrinks). PART=l96: lookback 96 (windows
+# row also reports the one-weight and per-channel shrinks), and since the eleventh section a
+# linear map per channel (--per-channel; the sections before ran without it: EXTRA=--no-per-channel
+# gives their runs again, the last option winning). PART=l96: lookback 96 (windows
 # scored); PART=long: the longer lookback (LH, LM, LW), windows and full history scored.
 # DATASETS, HORIZONS: subsets. ONLINE=1 (with PART=long): the ensembles also score the full
 # history with the linear path refitted online (bench.accuracy --online; the fits in RD are its
@@ -21,7 +23,7 @@ L=/tmp/logs_$PART$RUN; E=/tmp/ens_$PART$RUN; rm -rf $E; mkdir -p $L
 export OMP_NUM_THREADS=1
 A="python3 -m bench.accuracy --kind ${KIND:-diagonal_ssm} --data-dir /tmp/data --device cuda --out $OUT/rows.jsonl --ridge-dir ${RD:-.bench_data/ridgec}"
 NEW="--batch-size 128 --lr 1e-3 --lr-schedule cosine --warmup-epochs 0.5 --linear-lr 5e-3 --linear-norm window --zero-head --dropout 0.1 --patience 3 --steps-per-epoch 100"
-R="--point-loss mse --linear-init ridge --patience 2 --linear-lr 1e-9 --lr 3e-4 --shrink --shrink-groups channel_horizon"
+R="--point-loss mse --linear-init ridge --patience 2 --linear-lr 1e-9 --lr 3e-4 --shrink --shrink-groups channel_horizon --per-channel"
 declare -A OPTS=(
   [ETTh1]="$NEW --epochs 12 --cycle 24 $R"
   [ETTm1]="$NEW --epochs 8 --cycle 96 $R"

@@ -54,6 +54,7 @@ def _config(data: Path, epochs: int) -> TrainConfig:
         zero_head=True,
         linear_init="fit",
         cycle_length=CYCLE_DAY,  # hourly data: 24, resolved when the data is read
+        linear_per_channel=True,
         backbone_shrink=True,
         experiment="test-train",
         register="etth1-slice",
@@ -74,6 +75,7 @@ def test_run_is_tracked(trained: TrainResult, store: Path) -> None:
     assert run.data.params["data.split"] == "ratio"
     assert run.data.params["train.linear_init"] == "fit"
     assert run.data.params["train.cycle_length"] == run.data.params["model.cycle_length"] == "24"
+    assert run.data.params["model.linear_per_channel"] == "True"
     # The fitted start was a candidate, and no epoch beat it: the kept model is the fit
     # (float32 model against the float64 fit).
     assert trained.best_val_mse == pytest.approx(run.data.metrics["linear_fit_val_mse"], rel=1e-5)
@@ -125,7 +127,7 @@ def test_evaluate_full_history_with_the_online_linear_path(
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     data = read_dataset(etth1_slice, DataConfig(split="ratio"))
     splits = protocol_splits(data.name, data.n_steps, "ratio")
-    fit = fit_linear(data, splits, 32, 8, 24)
+    fit = fit_linear(data, splits, 32, 8, 24, per_channel=True)
     scale, _ = model_scale(data, splits.train)
     assert out["online_half_life"] == choose_half_life(data, splits, fit, [scale]).half_life
     want = ErrorSums(8, scale)
