@@ -53,7 +53,9 @@ CHANNEL_SHRINKS = (math.inf, 100.0, 10.0, 1.0, 0.1, 0.01)
 def apply_beta(xt: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Inputs [N, C, K] under the map beta [K, H] (shared) or [C, K, H] (one per channel)
     -> [N, C, H]."""
-    return xt @ beta if beta.ndim == 2 else np.einsum("nck,ckh->nch", xt, beta)
+    if beta.ndim == 2:
+        return xt @ beta
+    return (xt.transpose(1, 0, 2) @ beta).transpose(1, 0, 2)  # per channel, by BLAS
 
 
 def _norm_windows(
@@ -245,7 +247,7 @@ def fit_linear(
         try:
             beta = _shrunk(g, r, shared.beta, mu)
         except np.linalg.LinAlgError:
-            continue  # a channel with no observed window at this strength
+            continue  # a channel with no observed window: its sums, and so its pull, are 0
         fit = LinearFit(beta, shared.ridge, math.nan, shared.cycle, mu)
         (val,) = score_linear_fit(data, splits.val, fit, floor, [scale])
         if math.isfinite(val.mse) and val.mse < best.val_mse:
