@@ -63,6 +63,7 @@ from pipelines.fit import (
     validation_sums,
 )
 from pipelines.linear_fit import (
+    CHANNEL_SHRINKS,
     RIDGE_LAMBDAS,
     fit_linear,
     load_fit,
@@ -361,6 +362,7 @@ def ridge_linear(
     save_dir: str | None = None,
     cycle: int = 0,
     per_channel: bool = False,
+    pulls: tuple[float, ...] = CHANNEL_SHRINKS,
 ) -> dict[str, Any]:
     """`fit_linear` scored under the protocol: what the linear path can reach on its own, with no
     backbone and no SGD, in seconds on a CPU. With save_dir the fit is kept there for
@@ -368,7 +370,7 @@ def ridge_linear(
     start = time.perf_counter()
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
-    fit = fit_linear(data, splits, lookback, horizon, cycle, per_channel)
+    fit = fit_linear(data, splits, lookback, horizon, cycle, per_channel, pulls)
     if save_dir:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         save_fit(fit, ridge_file(Path(save_dir), data.name, lookback, horizon, cycle, per_channel))
@@ -384,6 +386,7 @@ def ridge_linear(
             "lambdas": list(RIDGE_LAMBDAS),
             "cycle": cycle,
             "channel_shrink": fit.channel_shrink,
+            "pulls": list(pulls) if per_channel else [],
         },
         "horizon": horizon,
         "lookback": lookback,
@@ -776,6 +779,14 @@ def main() -> None:
         help="the linear path alone in closed form (RLinear, ridge by val) on the CPU; no training",
     )
     p.add_argument(
+        "--pulls",
+        type=float,
+        nargs="+",
+        default=list(CHANNEL_SHRINKS),
+        help="--ridge-linear --per-channel: the pulls toward the shared map to choose among on "
+        "val (inf: the shared map)",
+    )
+    p.add_argument(
         "--online",
         action="store_true",
         help="full history with the linear path refitted online: with --ridge-linear a row of the "
@@ -815,7 +826,15 @@ def main() -> None:
         ):
             csv = Path(args.data_dir) / f"{name}.csv"
             rows.append(
-                ridge_linear(csv, lookback, horizon, args.ridge_dir, args.cycle, args.per_channel)
+                ridge_linear(
+                    csv,
+                    lookback,
+                    horizon,
+                    args.ridge_dir,
+                    args.cycle,
+                    args.per_channel,
+                    tuple(args.pulls),
+                )
             )
             if args.online:
                 rows.append(

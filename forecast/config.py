@@ -46,9 +46,9 @@ class ModelConfig:
     # linear path, docs/RESULTS.md, and C times less state): all channels in one feature vector.
     channel_independent: bool = False
     # Length of the linear path: the median forecast gets a learned linear map (shared across
-    # channels) of the last `linear_lookback` values, normalised by the running level and scale
-    # at the forecast origin (RLinear-style, streaming-exact: the values ride in the state as a
-    # ring buffer). 0 = no linear path.
+    # channels, or one per channel: linear_per_channel) of the last `linear_lookback` values,
+    # normalised by the running level and scale at the forecast origin (RLinear-style,
+    # streaming-exact: the values ride in the state as a ring buffer). 0 = no linear path.
     linear_lookback: int = 96
     # Dropout on the features entering the backbone and the head (training only).
     dropout: float = 0.0

@@ -162,6 +162,7 @@ def fit_linear(
     horizon: int,
     cycle: int = 0,
     per_channel: bool = False,
+    shrinks: tuple[float, ...] = CHANNEL_SHRINKS,
 ) -> LinearFit:
     """The linear path alone with `--linear-norm window` (RLinear) in closed form: W [H, L] and
     b [H], shared by the channels, minimise the training MSE in the model's scaled units over every
@@ -175,8 +176,8 @@ def fit_linear(
     pass over the training windows.
 
     per_channel: then each channel's own map, pulled toward the shared fit by each strength of
-    CHANNEL_SHRINKS (least squares again, the shared fit's cycle kept); the best on val is kept,
-    the shared fit when none beats it."""
+    `shrinks` (least squares again, the shared fit's cycle kept); the best on val is kept, the
+    shared fit when none beats it."""
     scale, floor = model_scale(data, splits.train)
     k, c = lookback + 1, len(data.channels)
     p = max(cycle, 1)
@@ -241,7 +242,7 @@ def fit_linear(
     g, r = per_gram, per_cross
     if shared.cycle is not None:
         g, r = _decycled(per_gram, per_cross, nw, x1, y1, shared.cycle, horizon)
-    for mu in CHANNEL_SHRINKS:
+    for mu in shrinks:
         if math.isinf(mu):
             continue  # the shared fit, already scored
         try:

@@ -137,3 +137,17 @@ def test_a_model_started_at_the_fit_per_channel_forecasts_what_the_fit_does(
     )
     with pytest.raises(ValueError, match="linear_per_channel"):
         set_linear_path(one, fit)
+
+
+def test_the_pulls_tried_are_a_choice(unlike: SeriesData) -> None:
+    """`shrinks`: (inf,) alone is the shared fit; the grid's choice with only it to beat is the
+    same fit."""
+    splits = protocol_splits(unlike.name, unlike.n_steps)
+    shared = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD)
+    only = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, True, (math.inf,))
+    np.testing.assert_array_equal(only.beta, shared.beta)
+    assert only.val_mse == shared.val_mse and math.isinf(only.channel_shrink)
+    own = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, per_channel=True)
+    again = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, True, (own.channel_shrink,))
+    np.testing.assert_array_equal(again.beta, own.beta)
+    assert again.val_mse == own.val_mse
