@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from forecast import build_model
-from pipelines.config import DataConfig, TrainConfig
+from pipelines.config import DataConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.fit import validate
 from pipelines.linear_fit import (
@@ -26,9 +26,14 @@ from pipelines.linear_fit import (
     set_linear_path,
 )
 from pipelines.protocol import protocol_splits
-from tests.pipelines.test_online_fit import _brute_sums, _csv
-
-LOOKBACK, HORIZON, PERIOD = 12, 6, 24
+from tests.pipelines.test_online_fit import (
+    HORIZON,
+    LOOKBACK,
+    PERIOD,
+    _brute_sums,
+    _csv,
+    at_the_fit_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,21 +100,6 @@ def test_the_decycled_sums_per_channel_add_up_to_the_shared(unlike: SeriesData) 
     np.testing.assert_allclose(r.sum(0), r1, rtol=1e-12)
 
 
-def _config(path: str, per_channel: bool) -> TrainConfig:
-    return TrainConfig(
-        data=path,
-        kind="diagonal_ssm",
-        lookback=LOOKBACK,
-        horizon=HORIZON,
-        d_model=8,
-        n_layers=1,
-        linear_norm="window",
-        zero_head=True,
-        cycle_length=PERIOD,
-        linear_per_channel=per_channel,
-    )
-
-
 def test_a_model_started_at_the_fit_per_channel_forecasts_what_the_fit_does(
     unlike: SeriesData, tmp_path: Path
 ) -> None:
@@ -121,7 +111,7 @@ def test_a_model_started_at_the_fit_per_channel_forecasts_what_the_fit_does(
     back = load_fit(tmp_path / "fit.st")
     assert back.channel_shrink == fit.channel_shrink
     np.testing.assert_array_equal(back.beta, fit.beta)
-    cfg = _config("unlike.csv", per_channel=True)
+    cfg = at_the_fit_config(PERIOD, per_channel=True)
     torch.manual_seed(0)
     model = build_model(cfg.model_config(len(unlike.channels), unlike.covariates.shape[-1]))
     model.fit_scaler(torch.from_numpy(unlike.values[:, splits.train[0] : splits.train[1]]))
@@ -132,9 +122,7 @@ def test_a_model_started_at_the_fit_per_channel_forecasts_what_the_fit_does(
     val = validate(model, unlike.values, unlike.covariates, splits.val, cfg)
     # Float32 model against the float64 fit.
     assert val == pytest.approx(fit.val_mse, rel=1e-5)
-    one = build_model(
-        _config("unlike.csv", per_channel=False).model_config(2, unlike.covariates.shape[-1])
-    )
+    one = build_model(at_the_fit_config(PERIOD).model_config(2, unlike.covariates.shape[-1]))
     with pytest.raises(ValueError, match="linear_per_channel"):
         set_linear_path(one, fit)
 

@@ -259,10 +259,9 @@ def test_a_wholly_missing_input_window_forecasts_the_last_value_seen(tmp_path: P
     assert math.isfinite(got.mse)
 
 
-def _model_at_the_fit(data: SeriesData, cycle: int) -> tuple[Forecaster, LinearFit]:
-    """A model whose forecast is its linear path, set to the closed-form fit (zero head)."""
-    splits = protocol_splits(data.name, data.n_steps)
-    cfg = TrainConfig(
+def at_the_fit_config(cycle: int, per_channel: bool = False) -> TrainConfig:
+    """A small model whose forecast is its linear path (window norm, zero head)."""
+    return TrainConfig(
         data="toy.csv",
         kind="diagonal_ssm",
         lookback=LOOKBACK,
@@ -272,7 +271,14 @@ def _model_at_the_fit(data: SeriesData, cycle: int) -> tuple[Forecaster, LinearF
         linear_norm="window",
         zero_head=True,
         cycle_length=cycle,
+        linear_per_channel=per_channel,
     )
+
+
+def _model_at_the_fit(data: SeriesData, cycle: int) -> tuple[Forecaster, LinearFit]:
+    """A model whose forecast is its linear path, set to the closed-form fit (zero head)."""
+    splits = protocol_splits(data.name, data.n_steps)
+    cfg = at_the_fit_config(cycle)
     model = build_model(cfg.model_config(len(data.channels), data.covariates.shape[-1]))
     model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))
     fit = fit_linear(data, splits, LOOKBACK, HORIZON, cycle)
