@@ -63,7 +63,7 @@ from pipelines.fit import (
     validation_sums,
 )
 from pipelines.linear_fit import (
-    CHANNEL_SHRINKS,
+    CHANNEL_PULLS,
     RIDGE_LAMBDAS,
     fit_linear,
     load_fit,
@@ -362,7 +362,7 @@ def ridge_linear(
     save_dir: str | None = None,
     cycle: int = 0,
     per_channel: bool = False,
-    pulls: tuple[float, ...] = CHANNEL_SHRINKS,
+    pulls: tuple[float, ...] = CHANNEL_PULLS,
 ) -> dict[str, Any]:
     """`fit_linear` scored under the protocol: what the linear path can reach on its own, with no
     backbone and no SGD, in seconds on a CPU. With save_dir the fit is kept there for
@@ -385,7 +385,7 @@ def ridge_linear(
             "ridge": fit.ridge,
             "lambdas": list(RIDGE_LAMBDAS),
             "cycle": cycle,
-            "channel_shrink": fit.channel_shrink,
+            "channel_pull": fit.channel_pull,
             "pulls": list(pulls) if per_channel else [],
         },
         "horizon": horizon,
@@ -402,7 +402,7 @@ def ridge_linear(
         "published_best_l96": published[0],
         "published_best_any": published[1],
         "variant": f"ridge_linear (ridge {fit.ridge:g}{f', cycle {cycle}' if cycle else ''}"
-        f"{f', per channel {fit.channel_shrink:g}' if per_channel else ''})",
+        f"{f', per channel {fit.channel_pull:g}' if per_channel else ''})",
         "epochs": 0,
         "train_seconds": round(time.perf_counter() - start, 1),
     }
@@ -415,6 +415,7 @@ def ridge_linear_online(
     ridge_dir: str | None = None,
     cycle: int = 0,
     per_channel: bool = False,
+    pulls: tuple[float, ...] = CHANNEL_PULLS,
 ) -> dict[str, Any]:
     """The closed-form fit refitted online (pipelines/online_fit.py) in full-history mode: started
     from the training windows, carried through val into test, every window's map solved from the
@@ -432,7 +433,7 @@ def ridge_linear_online(
     fit = (
         load_fit(saved)
         if saved is not None and saved.exists()
-        else fit_linear(data, splits, lookback, horizon, cycle, per_channel)
+        else fit_linear(data, splits, lookback, horizon, cycle, per_channel, pulls)
     )
     scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
@@ -445,7 +446,7 @@ def ridge_linear_online(
         "config": {
             "ridge": fit.ridge,
             "cycle": cycle,
-            "channel_shrink": fit.channel_shrink,
+            "channel_pull": fit.channel_pull,
             "half_life": choice.half_life,
             "half_lives_val_mse": {str(h): v for h, v in choice.tried.items()},
             "solve_every": cycle or 1,
@@ -466,7 +467,7 @@ def ridge_linear_online(
         "published_best_any": published[1],
         "variant": f"ridge_linear online (ridge {fit.ridge:g}"
         f"{f', cycle {cycle}' if cycle else ''}"
-        f"{f', per channel {fit.channel_shrink:g}' if per_channel else ''}"
+        f"{f', per channel {fit.channel_pull:g}' if per_channel else ''}"
         f", half-life {choice.half_life:g} rows)",
         "epochs": 0,
         "train_seconds": round(time.perf_counter() - start, 1),
@@ -782,7 +783,7 @@ def main() -> None:
         "--pulls",
         type=float,
         nargs="+",
-        default=list(CHANNEL_SHRINKS),
+        default=list(CHANNEL_PULLS),
         help="--ridge-linear --per-channel: the pulls toward the shared map to choose among on "
         "val (inf: the shared map)",
     )
@@ -839,7 +840,13 @@ def main() -> None:
             if args.online:
                 rows.append(
                     ridge_linear_online(
-                        csv, lookback, horizon, args.ridge_dir, args.cycle, args.per_channel
+                        csv,
+                        lookback,
+                        horizon,
+                        args.ridge_dir,
+                        args.cycle,
+                        args.per_channel,
+                        tuple(args.pulls),
                     )
                 )
         if args.out:

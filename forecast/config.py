@@ -64,8 +64,8 @@ class ModelConfig:
     # cosine of the time of day (the calendar covariates, pipelines/calendar.py).
     cycle_length: int = 0
     # One linear map per channel (DLinear's "individual"), held as the shared map plus each
-    # channel's departure from it, [C, H, L + 1] more weights; the closed-form fit shrinks the
-    # departures toward 0 by validation (pipelines/linear_fit.py). False: one map for all.
+    # channel's departure from it, [C, H, L + 1] more weights; the closed-form fit pulls each
+    # channel's map toward the shared one by validation (pipelines/linear_fit.py). False: one map.
     linear_per_channel: bool = False
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ on what the fit leaves. On the benchmarks this start beats SGD from zero (docs/R
 
 With `per_channel` each channel gets its own map, pulled toward the shared one (a hierarchical
 prior: the channels' maps differ, but each has C times fewer windows than the shared one), the
-strength chosen by validation among CHANNEL_SHRINKS, the shared map itself (inf) included.
+strength chosen by validation among CHANNEL_PULLS, the shared map itself (inf) included.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pipelines.data import SeriesData
 from pipelines.protocol import ErrorSums, EvalResult, Splits, window_starts
 
 __all__ = [
-    "CHANNEL_SHRINKS",
+    "CHANNEL_PULLS",
     "RIDGE_LAMBDAS",
     "LinearFit",
     "apply_beta",
@@ -47,7 +47,7 @@ __all__ = [
 RIDGE_LAMBDAS = (0.0, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 # Strengths of the pull of each channel's map toward the shared one, relative to the mean
 # diagonal of the channel's normal equations; inf: the shared map.
-CHANNEL_SHRINKS = (math.inf, 100.0, 10.0, 1.0, 0.1, 0.01)
+CHANNEL_PULLS = (math.inf, 100.0, 10.0, 1.0, 0.1, 0.01)
 
 
 def apply_beta(xt: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -122,7 +122,7 @@ def score_linear_fit(
 @dataclasses.dataclass(frozen=True)
 class LinearFit:
     """The linear path in closed form: beta [L + 1, H] (W transposed, b as its last row; one per
-    channel, [C, L + 1, H], with a finite channel shrink), the ridge strength, the val MSE, the
+    channel, [C, L + 1, H], with a finite channel pull), the ridge strength, the val MSE, the
     daily cycle Q [P, C] (None without one) and the pull of the channels' maps toward the shared
     one (inf: one shared map)."""
 
@@ -130,7 +130,7 @@ class LinearFit:
     ridge: float
     val_mse: float
     cycle: np.ndarray | None = None
-    channel_shrink: float = math.inf
+    channel_pull: float = math.inf
 
     @property
     def lookback(self) -> int:
@@ -162,7 +162,7 @@ def fit_linear(
     horizon: int,
     cycle: int = 0,
     per_channel: bool = False,
-    shrinks: tuple[float, ...] = CHANNEL_SHRINKS,
+    pulls: tuple[float, ...] = CHANNEL_PULLS,
 ) -> LinearFit:
     """The linear path alone with `--linear-norm window` (RLinear) in closed form: W [H, L] and
     b [H], shared by the channels, minimise the training MSE in the model's scaled units over every
@@ -176,7 +176,7 @@ def fit_linear(
     pass over the training windows.
 
     per_channel: then each channel's own map, pulled toward the shared fit by each strength of
-    `shrinks` (least squares again, the shared fit's cycle kept); the best on val is kept, the
+    `pulls` (least squares again, the shared fit's cycle kept); the best on val is kept, the
     shared fit when none beats it."""
     scale, floor = model_scale(data, splits.train)
     k, c = lookback + 1, len(data.channels)
@@ -242,11 +242,11 @@ def fit_linear(
     g, r = per_gram, per_cross
     if shared.cycle is not None:
         g, r = _decycled(per_gram, per_cross, nw, x1, y1, shared.cycle, horizon)
-    for mu in shrinks:
+    for mu in pulls:
         if math.isinf(mu):
             continue  # the shared fit, already scored
         try:
-            beta = _shrunk(g, r, shared.beta, mu)
+            beta = _pulled(g, r, shared.beta, mu)
         except np.linalg.LinAlgError:
             continue  # a channel with no observed window: its sums, and so its pull, are 0
         fit = LinearFit(beta, shared.ridge, math.nan, shared.cycle, mu)
@@ -256,7 +256,7 @@ def fit_linear(
     return best
 
 
-def _shrunk(gram: np.ndarray, cross: np.ndarray, shared: np.ndarray, mu: float) -> np.ndarray:
+def _pulled(gram: np.ndarray, cross: np.ndarray, shared: np.ndarray, mu: float) -> np.ndarray:
     """Each channel's map [C, K, H] from its sums [C, K, K] and [C, K, H], pulled toward the
     shared map [K, H] with strength mu relative to the channel's mean diagonal:
     argmin_b (b^T G b - 2 b^T R) + mu tr(G) / K |b - shared|^2."""
@@ -346,7 +346,7 @@ def save_fit(fit: LinearFit, path: str | os.PathLike[str]) -> None:
     tensors = {
         "beta": torch.from_numpy(fit.beta),
         "ridge": torch.tensor(fit.ridge, dtype=torch.float64),
-        "channel_shrink": torch.tensor(fit.channel_shrink, dtype=torch.float64),
+        "channel_pull": torch.tensor(fit.channel_pull, dtype=torch.float64),
     }
     if fit.cycle is not None:
         tensors["cycle"] = torch.from_numpy(fit.cycle)
@@ -357,8 +357,8 @@ def load_fit(path: str | os.PathLike[str]) -> LinearFit:
     """A fit saved by `save_fit` (its val MSE is NaN: not kept)."""
     tensors = load_file(str(path))
     cycle = tensors["cycle"].numpy() if "cycle" in tensors else None
-    shrink = float(tensors["channel_shrink"]) if "channel_shrink" in tensors else math.inf
-    return LinearFit(tensors["beta"].numpy(), float(tensors["ridge"]), math.nan, cycle, shrink)
+    pull = float(tensors["channel_pull"]) if "channel_pull" in tensors else math.inf
+    return LinearFit(tensors["beta"].numpy(), float(tensors["ridge"]), math.nan, cycle, pull)
 
 
 def set_linear_path(model: Forecaster, fit: LinearFit) -> None:

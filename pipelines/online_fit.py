@@ -17,7 +17,7 @@ last solution, which only saw windows ending by its own origin.
 
 A fit with a map per channel (`fit_linear(per_channel=True)`) keeps the sums per channel: at each
 solve the shared map is solved from their total and each channel's map pulled toward it with the
-fit's channel shrink, as the training fit was.
+fit's channel pull, as the training fit was.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pipelines.linear_fit import (
     LinearFit,
     _cycle_index,
     _norm_windows,
-    _shrunk,
+    _pulled,
     apply_beta,
     day_phases,
     fit_linear,
@@ -168,10 +168,10 @@ def add_windows_many(
     return [OnlineSums(g, c, origin) for g, c in zip(grams, crosses, strict=True)]
 
 
-def online_beta(state: OnlineSums, ridge: float, channel_shrink: float = math.inf) -> np.ndarray:
+def online_beta(state: OnlineSums, ridge: float, channel_pull: float = math.inf) -> np.ndarray:
     """The map [K, H] of the state, ridge relative to G's mean diagonal, the bias not shrunk.
     lstsq where the sums are singular (a constant stretch): the least-norm solution. Sums per
-    channel give a map per channel [C, K, H], pulled toward the shared one by channel_shrink."""
+    channel give a map per channel [C, K, H], pulled toward the shared one by channel_pull."""
     per_channel = state.gram.ndim == 3
     gram = state.gram.sum(0) if per_channel else state.gram
     cross = state.cross.sum(0) if per_channel else state.cross
@@ -185,7 +185,7 @@ def online_beta(state: OnlineSums, ridge: float, channel_shrink: float = math.in
     if not per_channel:
         return shared
     try:
-        return _shrunk(state.gram, state.cross, shared, channel_shrink)
+        return _pulled(state.gram, state.cross, shared, channel_pull)
     except np.linalg.LinAlgError:
         # A channel not yet seen: its map is the shared one.
         return np.broadcast_to(shared, state.cross.shape).copy()
@@ -254,7 +254,7 @@ def _online_blocks(
         if origin > first:
             states = add_windows_many(states, windows, origin, gammas, limit)
         at = np.arange(origin, min(origin + every, last + 1))
-        yield at, [online_beta(st, fit.ridge, fit.channel_shrink) for st in states]
+        yield at, [online_beta(st, fit.ridge, fit.channel_pull) for st in states]
 
 
 def online_maps(
@@ -293,7 +293,7 @@ def online_forecasts(
 
 def linear_part(model: Forecaster, ridge: float = 0.0) -> LinearFit:
     """A model's own linear path (and cycle) as a fit: beta [L + 1, H] in float64 ([C, L + 1, H]
-    with a map per channel; its channel shrink 0: the model's maps are what they are)."""
+    with a map per channel; its channel pull 0: the model's maps are what they are)."""
     linear = model.linear
     if linear is None or not linear.window_norm:
         raise ValueError("the online linear path needs a model with linear_norm 'window'")

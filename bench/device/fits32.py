@@ -14,7 +14,7 @@ src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 dst.mkdir(parents=True, exist_ok=True)
 for pattern in sys.argv[3:]:
     for path in sorted(src.glob(pattern)):
-        exact = ("ridge", "channel_shrink")  # settings, not weights
+        exact = ("ridge", "channel_pull")  # settings, not weights
         tensors = {k: v if k in exact else v.float() for k, v in load_file(str(path)).items()}
         save_file(tensors, str(dst / path.name))
         print(path.name)

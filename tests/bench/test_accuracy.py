@@ -133,8 +133,8 @@ def test_a_model_at_the_fit_with_the_online_path_is_the_online_fit(
     channel too (the fit's, the online fit's and the model's)."""
     alone = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24, per_channel=per_channel)
     saved = ridge_linear(toy_csv, LOOKBACK, HORIZON, str(tmp_path), 24, per_channel)
-    assert math.isfinite(saved["config"]["channel_shrink"]) == per_channel
-    assert alone["config"]["channel_shrink"] == saved["config"]["channel_shrink"]
+    assert math.isfinite(saved["config"]["channel_pull"]) == per_channel
+    assert alone["config"]["channel_pull"] == saved["config"]["channel_pull"]
     data = read_dataset(toy_csv, DataConfig())
     cfg = config(
         toy_csv,

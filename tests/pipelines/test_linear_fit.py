@@ -16,7 +16,7 @@ from pipelines.config import DataConfig
 from pipelines.data import SeriesData, read_dataset
 from pipelines.fit import validate
 from pipelines.linear_fit import (
-    CHANNEL_SHRINKS,
+    CHANNEL_PULLS,
     _decycled,
     fit_linear,
     load_fit,
@@ -58,9 +58,9 @@ def test_unlike_channels_get_their_own_maps(unlike: SeriesData) -> None:
     splits = protocol_splits(unlike.name, unlike.n_steps)
     shared = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD)
     own = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, per_channel=True)
-    assert shared.beta.shape == (LOOKBACK + 1, HORIZON) and math.isinf(shared.channel_shrink)
+    assert shared.beta.shape == (LOOKBACK + 1, HORIZON) and math.isinf(shared.channel_pull)
     assert own.beta.shape == (2, LOOKBACK + 1, HORIZON)
-    assert own.channel_shrink in CHANNEL_SHRINKS and math.isfinite(own.channel_shrink)
+    assert own.channel_pull in CHANNEL_PULLS and math.isfinite(own.channel_pull)
     assert own.val_mse < shared.val_mse
     assert own.cycle is not None and shared.cycle is not None
     np.testing.assert_array_equal(own.cycle, shared.cycle)  # the shared fit's cycle is kept
@@ -82,7 +82,7 @@ def test_each_channels_map_is_its_least_squares_pulled_toward_the_shared(
     sums = _brute_sums(unlike, own, last, 1.0)
     k = LOOKBACK + 1
     for c, (gram, cross) in enumerate(sums):
-        t = own.channel_shrink * np.trace(gram) / k
+        t = own.channel_pull * np.trace(gram) / k
         np.testing.assert_allclose(
             (gram + t * np.eye(k)) @ own.beta[c], cross + t * shared.beta, rtol=1e-7, atol=1e-9
         )
@@ -109,7 +109,7 @@ def test_a_model_started_at_the_fit_per_channel_forecasts_what_the_fit_does(
     fit = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, per_channel=True)
     save_fit(fit, tmp_path / "fit.st")
     back = load_fit(tmp_path / "fit.st")
-    assert back.channel_shrink == fit.channel_shrink
+    assert back.channel_pull == fit.channel_pull
     np.testing.assert_array_equal(back.beta, fit.beta)
     cfg = at_the_fit_config(PERIOD, per_channel=True)
     torch.manual_seed(0)
@@ -128,14 +128,14 @@ def test_a_model_started_at_the_fit_per_channel_forecasts_what_the_fit_does(
 
 
 def test_the_pulls_tried_are_a_choice(unlike: SeriesData) -> None:
-    """`shrinks`: (inf,) alone is the shared fit; the grid's choice with only it to beat is the
+    """`pulls`: (inf,) alone is the shared fit; the grid's choice with only it to beat is the
     same fit."""
     splits = protocol_splits(unlike.name, unlike.n_steps)
     shared = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD)
     only = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, True, (math.inf,))
     np.testing.assert_array_equal(only.beta, shared.beta)
-    assert only.val_mse == shared.val_mse and math.isinf(only.channel_shrink)
+    assert only.val_mse == shared.val_mse and math.isinf(only.channel_pull)
     own = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, per_channel=True)
-    again = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, True, (own.channel_shrink,))
+    again = fit_linear(unlike, splits, LOOKBACK, HORIZON, PERIOD, True, (own.channel_pull,))
     np.testing.assert_array_equal(again.beta, own.beta)
     assert again.val_mse == own.val_mse

@@ -132,7 +132,7 @@ def test_the_online_maps_per_channel_are_each_channels_ridge_pulled_to_the_share
     (G_c + t_c I) b_c = R_c + t_c b, t_c = mu tr(G_c) / K, b the shared map of their total."""
     splits = protocol_splits(toy.name, toy.n_steps)
     shared = fit_linear(toy, splits, LOOKBACK, HORIZON, PERIOD)
-    fit = dataclasses.replace(shared, beta=np.stack([shared.beta] * 2), channel_shrink=mu)
+    fit = dataclasses.replace(shared, beta=np.stack([shared.beta] * 2), channel_pull=mu)
     scale, floor = model_scale(toy, splits.train)
     windows = FitWindows(toy, fit, scale, floor)
     k = LOOKBACK + 1
