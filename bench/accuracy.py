@@ -65,6 +65,7 @@ from pipelines.fit import (
 from pipelines.linear_fit import (
     CHANNEL_PULLS,
     RIDGE_LAMBDAS,
+    LinearFit,
     fit_linear,
     load_fit,
     model_scale,
@@ -179,22 +180,40 @@ def init_linear_ridge(
     history than the fit."""
     if model.linear is None or cfg.linear_norm != "window":
         raise ValueError("--linear-init ridge needs the linear path with window norm")
-    period, length = cfg.cycle_length, model.linear.length
-    per_channel = cfg.linear_per_channel
-    saved = (
-        ridge_file(Path(ridge_dir), data.name, length, cfg.horizon, period, per_channel)
-        if ridge_dir
-        else None
+    fit, saved = saved_or_fitted(
+        data,
+        model.linear.length,
+        cfg.horizon,
+        cfg.cycle_length,
+        cfg.linear_per_channel,
+        ridge_dir,
     )
-    if saved is not None and saved.exists():
-        fit = load_fit(saved)
+    if saved is not None:
         print(f"  linear path from {saved} (ridge {fit.ridge:g})", flush=True)
     else:
-        splits = protocol_splits(data.name, data.n_steps)
-        fit = fit_linear(data, splits, length, cfg.horizon, period, per_channel)
         print(f"  linear path fitted here (ridge {fit.ridge:g}; no saved fit)", flush=True)
     set_linear_path(model, fit)
     return fit.ridge
+
+
+def saved_or_fitted(
+    data: SeriesData,
+    lookback: int,
+    horizon: int,
+    cycle: int,
+    per_channel: bool,
+    ridge_dir: str | None,
+    pulls: tuple[float, ...] = CHANNEL_PULLS,
+) -> tuple[LinearFit, Path | None]:
+    """The closed-form fit of this dataset, linear path length, H, cycle and per-channel choice:
+    read from ridge_dir when it holds one (-> the fit and its file), else fitted here (-> the fit
+    and None)."""
+    if ridge_dir:
+        saved = ridge_file(Path(ridge_dir), data.name, lookback, horizon, cycle, per_channel)
+        if saved.exists():
+            return load_fit(saved), saved
+    splits = protocol_splits(data.name, data.n_steps)
+    return fit_linear(data, splits, lookback, horizon, cycle, per_channel, pulls), None
 
 
 def run_one(
@@ -425,16 +444,7 @@ def ridge_linear_online(
     start = time.perf_counter()
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
-    saved = (
-        ridge_file(Path(ridge_dir), data.name, lookback, horizon, cycle, per_channel)
-        if ridge_dir
-        else None
-    )
-    fit = (
-        load_fit(saved)
-        if saved is not None and saved.exists()
-        else fit_linear(data, splits, lookback, horizon, cycle, per_channel, pulls)
-    )
+    fit, _ = saved_or_fitted(data, lookback, horizon, cycle, per_channel, ridge_dir, pulls)
     scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
     choice = choose_half_life(data, splits, fit, [scale, proto])
@@ -517,22 +527,8 @@ def online_scores(
     start = time.perf_counter()
     splits = protocol_splits(data.name, data.n_steps)
     length = members[0].linear.length if members[0].linear is not None else 0
-    saved = (
-        ridge_file(
-            Path(ridge_dir),
-            data.name,
-            length,
-            cfg.horizon,
-            cfg.cycle_length,
-            cfg.linear_per_channel,
-        )
-        if ridge_dir
-        else None
-    )
-    fit = (
-        load_fit(saved)
-        if saved is not None and saved.exists()
-        else fit_linear(data, splits, length, cfg.horizon, cfg.cycle_length, cfg.linear_per_channel)
+    fit, _ = saved_or_fitted(
+        data, length, cfg.horizon, cfg.cycle_length, cfg.linear_per_channel, ridge_dir
     )
     scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
