@@ -140,7 +140,6 @@ def add_windows_many(
     """`add_windows` for states of one origin under several forgetting factors, the new windows
     read once."""
     lookback, horizon = windows.lookback, windows.horizon
-    k = lookback + 1
     before = states[0].origin
     if any(st.origin != before for st in states):
         raise ValueError("add_windows_many moves states of one origin")
@@ -154,18 +153,19 @@ def add_windows_many(
         age = origin - (batch + lookback + horizon - 1)
         for series in range(windows.data.n_series):
             xt, yn, _, _, _, weight = windows.read(series, batch)  # weight 0: left out
-            x2, y2 = xt.reshape(-1, k), yn.reshape(-1, horizon)
+            xg, yg = _grouped(xt, per_channel), _grouped(yn, per_channel)
             for j, g in enumerate(gammas):
-                if per_channel:
-                    # [C, K, N] @ [C, N, K]: one matrix product per channel (BLAS, not einsum).
-                    xw = (xt * (weight * g ** age[:, None])[..., None]).transpose(1, 2, 0)
-                    grams[j] = grams[j] + xw @ xt.transpose(1, 0, 2)
-                    crosses[j] = crosses[j] + xw @ yn.transpose(1, 0, 2)
-                    continue
-                w = (weight * g ** age[:, None]).reshape(-1, 1)
-                grams[j] = grams[j] + (x2 * w).T @ x2
-                crosses[j] = crosses[j] + (x2 * w).T @ y2
+                wg = _grouped((weight * g ** age[:, None])[..., None], per_channel)
+                xw = (xg * wg).transpose(0, 2, 1)
+                grams[j] = grams[j] + (xw @ xg).reshape(grams[j].shape)
+                crosses[j] = crosses[j] + (xw @ yg).reshape(crosses[j].shape)
     return [OnlineSums(g, c, origin) for g, c in zip(grams, crosses, strict=True)]
+
+
+def _grouped(a: np.ndarray, per_channel: bool) -> np.ndarray:
+    """Window rows [N, C, D] grouped as the sums are: one group per channel [C, N, D], or every
+    (window, channel) in one group [1, N C, D]; one matrix product per group sums them."""
+    return a.transpose(1, 0, 2) if per_channel else a.reshape(1, -1, a.shape[-1])
 
 
 def online_beta(state: OnlineSums, ridge: float, channel_pull: float = math.inf) -> np.ndarray:
