@@ -84,6 +84,12 @@ def _norm_windows(
     return xt, m, s, y, ok
 
 
+def _grouped(a: np.ndarray, per_channel: bool) -> np.ndarray:
+    """Window rows [N, C, D] grouped as the sums are: one group per channel [C, N, D], or every
+    (window, channel) in one group [1, N C, D]; one matrix product per group sums them."""
+    return a.transpose(1, 0, 2) if per_channel else a.reshape(1, -1, a.shape[-1])
+
+
 def _last_seen(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Each channel's last observed value in the rows before each start [N, C] (0 if none)."""
     rows = np.where(np.isnan(values), -1, np.arange(len(values))[:, None])
@@ -198,9 +204,10 @@ def fit_linear(
             xw = xt * weight[..., None]
             gram += xw.reshape(-1, k).T @ xt.reshape(-1, k)
             cross += xw.reshape(-1, k).T @ yn.reshape(-1, horizon)
-            for ch in range(per[0]):
-                per_gram[ch] += xw[:, ch].T @ xt[:, ch]
-                per_cross[ch] += xw[:, ch].T @ yn[:, ch]
+            if per_channel:
+                xwg = _grouped(xw, True).transpose(0, 2, 1)  # [C, K, N]
+                per_gram += xwg @ _grouped(xt, True)
+                per_cross += xwg @ _grouped(yn, True)
             if phase is not None:
                 at = phase[batch + lookback - 1]
                 np.add.at(nw, at, weight)

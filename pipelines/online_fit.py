@@ -34,6 +34,7 @@ from pipelines.data import SeriesData
 from pipelines.linear_fit import (
     LinearFit,
     _cycle_index,
+    _grouped,
     _norm_windows,
     _pulled,
     apply_beta,
@@ -160,12 +161,6 @@ def add_windows_many(
                 grams[j] = grams[j] + (xw @ xg).reshape(grams[j].shape)
                 crosses[j] = crosses[j] + (xw @ yg).reshape(crosses[j].shape)
     return [OnlineSums(g, c, origin) for g, c in zip(grams, crosses, strict=True)]
-
-
-def _grouped(a: np.ndarray, per_channel: bool) -> np.ndarray:
-    """Window rows [N, C, D] grouped as the sums are: one group per channel [C, N, D], or every
-    (window, channel) in one group [1, N C, D]; one matrix product per group sums them."""
-    return a.transpose(1, 0, 2) if per_channel else a.reshape(1, -1, a.shape[-1])
 
 
 def online_beta(state: OnlineSums, ridge: float, channel_pull: float = math.inf) -> np.ndarray:
