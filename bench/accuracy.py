@@ -73,7 +73,14 @@ from pipelines.linear_fit import (
     score_linear_fit,
     set_linear_path,
 )
-from pipelines.online_fit import OnlinePath, choose_half_life, online_maps, split_origins
+from pipelines.online_fit import (
+    ONLINE_RULES,
+    BackbonePart,
+    online_candidates,
+    online_choice,
+    pick_hedge,
+    score_online_parts,
+)
 from pipelines.protocol import ErrorSums, EvalResult, protocol_splits, window_starts
 from pipelines.shrink import BackboneShrink
 
@@ -435,19 +442,21 @@ def ridge_linear_online(
     cycle: int = 0,
     per_channel: bool = False,
     pulls: tuple[float, ...] = CHANNEL_PULLS,
+    rule: str = "mean",
 ) -> dict[str, Any]:
     """The closed-form fit refitted online (pipelines/online_fit.py) in full-history mode: started
     from the training windows, carried through val into test, every window's map solved from the
-    windows whose targets ended by its origin; the half-life chosen by val MSE. The fit is read
-    from ridge_dir when it holds one, else made here. The row's val is the online fit's; it has
-    no window score (with a window only, the map is the training fit: the --ridge-linear row)."""
+    windows whose targets ended by its origin; the maps hedged over the half-lives (rule "mean")
+    or the half-life best on val ("val"). The fit is read from ridge_dir when it holds one, else
+    made here. The row's val is the online path's; it has no window score (with a window only,
+    the map is the training fit: the --ridge-linear row)."""
     start = time.perf_counter()
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
     fit, _ = saved_or_fitted(data, lookback, horizon, cycle, per_channel, ridge_dir, pulls)
     scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
-    choice = choose_half_life(data, splits, fit, [scale, proto])
+    choice = online_choice(data, splits, fit, [scale, proto], rule)
     test, test_p = choice.test
     published = PUBLISHED.get((data.name, horizon), (math.nan, math.nan))
     return {
@@ -457,8 +466,9 @@ def ridge_linear_online(
             "ridge": fit.ridge,
             "cycle": cycle,
             "channel_pull": fit.channel_pull,
-            "half_life": choice.half_life,
-            "half_lives_val_mse": {str(h): v for h, v in choice.tried.items()},
+            "rule": rule,
+            "hedge": choice.hedge.describe(),
+            "tried_val_mse": choice.tried,
             "solve_every": cycle or 1,
         },
         "horizon": horizon,
@@ -478,7 +488,7 @@ def ridge_linear_online(
         "variant": f"ridge_linear online (ridge {fit.ridge:g}"
         f"{f', cycle {cycle}' if cycle else ''}"
         f"{f', per channel {fit.channel_pull:g}' if per_channel else ''}"
-        f", half-life {choice.half_life:g} rows)",
+        f", online {choice.hedge.describe()})",
         "epochs": 0,
         "train_seconds": round(time.perf_counter() - start, 1),
     }
@@ -517,13 +527,18 @@ def online_scores(
     path: Path,
     cfg: TrainConfig,
     ridge_dir: str | None,
+    rule: str = "mean",
 ) -> dict[str, Any]:
     """Full history with the linear path refitted online (pipelines/online_fit.py): `scored`'s
     forecast (a model or the members' mean) with the members' own linear path's part replaced by
-    the online fit's, on every val and test window. The half-life is the one the fit alone
-    chooses on val (the drift it follows is the linear path's); the row's online val is then the
-    whole forecast's. The online fit starts from the closed-form fit in ridge_dir (else fitted
-    here), the one --linear-init ridge started the members at."""
+    the online path's, on every val and test window. The hedge is the one the fit alone gets
+    under the rule (the drift it follows is the linear path's); the row's online val is then the
+    whole forecast's. The row's fields are `rule`'s; "online_by_rule" holds every rule's, and
+    "online_tried" every candidate's (one pass: each half-life solved once, the model forecast
+    once). The online fit starts from the closed-form fit in ridge_dir (else fitted here), the
+    one --linear-init ridge started the members at."""
+    if rule not in ONLINE_RULES:
+        raise ValueError(f"unknown online rule {rule!r}")
     start = time.perf_counter()
     splits = protocol_splits(data.name, data.n_steps)
     length = members[0].linear.length if members[0].linear is not None else 0
@@ -532,39 +547,51 @@ def online_scores(
     )
     scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
-    choice = choose_half_life(data, splits, fit, [scale, proto])
-    horizon = cfg.horizon
-    ranges = split_origins(splits, horizon)
-    sums = {name: [ErrorSums(horizon, scale), ErrorSums(horizon, proto)] for name in ranges}
-    span = (ranges["val"][0], ranges["test"][1])
-    maps = online_maps(data, splits, fit, choice.half_life, span)
-    swap = OnlinePath(members, fit, maps, data, splits)
+    backbone = BackbonePart(members, data, splits)
     predict = model_predictor(scored)
+
+    def backbone_part(series: int, origins: np.ndarray) -> np.ndarray:
+        # The model's window forecast (full history scores as the window to 0.001, RESULTS.md).
+        idx = (origins - cfg.lookback + 1)[:, None] + np.arange(cfg.lookback)
+        pred = predict(data.values[series, idx], data.covariates[series, idx])[:, : cfg.horizon]
+        return backbone(series, origins, pred)
+
+    candidates = online_candidates(splits)
     was_training = scored.training
     scored.eval()
-    for origin, _ in maps.blocks(span[1]):
-        # The model's window forecast (full history scores as the window to 0.001, RESULTS.md).
-        idx = (origin - cfg.lookback + 1)[:, None] + np.arange(cfg.lookback)
-        for series in range(data.n_series):
-            pred = predict(data.values[series, idx], data.covariates[series, idx])[:, :horizon]
-            pred = swap(series, origin, pred)
-            for name, (lo, hi) in ranges.items():
-                keep = (origin >= lo) & (origin <= hi)
-                if keep.any():
-                    truth = data.values[series, origin[keep][:, None] + 1 + np.arange(horizon)]
-                    for e in sums[name]:
-                        e.add(pred[keep], truth)
+    alone, swapped = score_online_parts(
+        data, splits, fit, candidates, [scale, proto], [None, backbone_part]
+    )
     scored.train(was_training)
-    val, test, test_p = sums["val"][0].result(), sums["test"][0].result(), sums["test"][1].result()
+    fit_val = [val[0].mse for val, _ in alone]
+    tried = {}
+    for hedge, (fval, ftest), (mval, mtest) in zip(candidates, alone, swapped, strict=True):
+        tried[hedge.describe()] = {
+            "fit_val_mse": fval[0].mse,
+            "fit_full_history_mse_protocol": ftest[1].mse,
+            "val_mse": mval[0].mse,
+            "full_history_mse_protocol": mtest[1].mse,
+            "full_history_mae_protocol": mtest[1].mae,
+        }
+    rules = (rule, *(r for r in ONLINE_RULES if r != rule))
+    picks = {r: pick_hedge(r, candidates, fit_val) for r in rules}
+    by_rule = {
+        r: {"hedge": candidates[i].describe(), **tried[candidates[i].describe()]}
+        for r, i in picks.items()
+    }
+    main, test = by_rule[rule], swapped[picks[rule]][1][0]
     return {
-        "online_half_life": choice.half_life,
-        "online_fit_val_mse": choice.val[0].mse,
-        "online_fit_full_history_mse_protocol": choice.test[1].mse,
-        "online_val_mse": val.mse,
+        "online_rule": rule,
+        "online_hedge": main["hedge"],
+        "online_fit_val_mse": main["fit_val_mse"],
+        "online_fit_full_history_mse_protocol": main["fit_full_history_mse_protocol"],
+        "online_val_mse": main["val_mse"],
         "full_history_online_mse": test.mse,
         "full_history_online_mae": test.mae,
-        "full_history_online_mse_protocol": test_p.mse,
-        "full_history_online_mae_protocol": test_p.mae,
+        "full_history_online_mse_protocol": main["full_history_mse_protocol"],
+        "full_history_online_mae_protocol": main["full_history_mae_protocol"],
+        "online_by_rule": by_rule,
+        "online_tried": tried,
         "online_seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -576,13 +603,14 @@ def ensembles(
     online: bool = False,
     ridge_dir: str | None = None,
     mix_kinds: bool = False,
+    online_rule: str = "mean",
 ) -> list[dict[str, Any]]:
     """Score every group of saved runs that differ only in the seed (two or more) as one mean
     forecast; its validation MSE is the ensemble's own, so groups compare by validation. online
     (with scores "all"): also the full history with the linear path refitted online
-    (`online_scores`). mix_kinds: one group of every run with the same data, horizon, lookback
-    and linear start, whatever its model kind or other settings (the first run's config scores
-    it: its shrink, lookback and cycle)."""
+    (`online_scores`, its fields under online_rule). mix_kinds: one group of every run with the
+    same data, horizon, lookback and linear start, whatever its model kind or other settings (the
+    first run's config scores it: its shrink, lookback and cycle)."""
     shared = ("data", "horizon", "lookback")
     groups: dict[str, list[tuple[dict[str, Any], Path]]] = {}
     for meta_path in sorted(folder.glob("*.json")):
@@ -615,7 +643,7 @@ def ensembles(
         row = score(ens, data, path, cfg, val, scores)
         row.update(shrunk)
         if online and scores == "all":
-            row.update(online_scores(models, ens, data, path, cfg, ridge_dir))
+            row.update(online_scores(models, ens, data, path, cfg, ridge_dir, online_rule))
         seeds = [c.seed for c in cfgs]
         name = "+".join(sorted({m["label"] for m, _ in members})) if mix_kinds else None
         row.update(
@@ -790,6 +818,13 @@ def main() -> None:
         "fit alone; with --ensemble-from (--ridge-dir: the fits) fields of each ensemble's row",
     )
     p.add_argument(
+        "--online-rule",
+        default="mean",
+        choices=ONLINE_RULES,
+        help="--online: mean, the maps hedged over the frozen fit and every half-life; val, the "
+        "half-life best on val (ensemble rows report both)",
+    )
+    p.add_argument(
         "--ridge-dir",
         default=None,
         metavar="DIR",
@@ -810,6 +845,7 @@ def main() -> None:
             args.online,
             args.ridge_dir,
             args.mix_kinds,
+            args.online_rule,
         )
         if args.out:
             with open(args.out, "a") as f:
@@ -843,6 +879,7 @@ def main() -> None:
                         args.cycle,
                         args.per_channel,
                         tuple(args.pulls),
+                        args.online_rule,
                     )
                 )
         if args.out:

@@ -9,11 +9,18 @@ through all data before an origin (full-history mode) can keep fitting as target
     each weighted by gamma^(o - e), gamma = 2^(-1 / half_life).
 
 No value after the origin enters: a window joins the sums only once its whole target is observed.
-The half-life (rows; inf = no forgetting) is chosen on validation, as the ridge strength is. The
-daily cycle Q stays at the training fit: with Q fixed the objective in W is least squares again,
-and Q's own sums would double the state for a profile the training year already pins down. The
-map is solved again every `every` rows (a day, with a cycle), and the origins in between use the
-last solution, which only saw windows ending by its own origin.
+How fast to forget is not known ahead: the data may not drift at all, or faster than any one
+half-life assumes. So the online path is a hedge (`Hedge`, rule "mean"): the mean of the maps of
+the frozen training fit and of the online fit under every half-life in HALF_LIVES (rows; inf = no
+forgetting). A forecast is linear in its map, so that is the mean of their forecasts: forecast
+combination with equal weights, which weights chosen on one validation split often fail to beat
+(the "forecast combination puzzle"). Rule "val" keeps the single half-life that validates best
+instead (docs/RESULTS.md, ninth to twelfth sections, compares the two).
+
+The daily cycle Q stays at the training fit: with Q fixed the objective in W is least squares
+again, and Q's own sums would double the state for a profile the training year already pins
+down. The map is solved again every `every` rows (a day, with a cycle), and the origins in
+between use the last solution, which only saw windows ending by its own origin.
 
 A fit with a map per channel (`fit_linear(per_channel=True)`) keeps the sums per channel: at each
 solve the shared map is solved from their total and each channel's map pulled toward it with the
@@ -46,27 +53,64 @@ from pipelines.protocol import ErrorSums, EvalResult, Splits, window_starts
 
 __all__ = [
     "HALF_LIVES",
+    "ONLINE_RULES",
+    "BackbonePart",
     "FitWindows",
+    "Hedge",
     "OnlineChoice",
     "OnlineMaps",
     "OnlinePath",
     "OnlineSums",
     "add_windows",
     "add_windows_many",
-    "choose_half_life",
     "linear_part",
     "online_beta",
+    "online_candidates",
+    "online_choice",
+    "online_choices",
     "online_forecasts",
     "online_maps",
+    "online_maps_of",
     "online_path",
     "online_span",
+    "pick_hedge",
     "score_online_fit",
     "score_online_fits",
+    "score_online_parts",
     "split_origins",
 ]
 
-# Half-lives tried, as fractions of the training split's rows (inf: every window counts alike).
+# Half-lives hedged over (or tried), as fractions of the training split's rows (inf: every window
+# counts alike).
 HALF_LIVES = (math.inf, 1.0, 0.5, 0.25, 0.125, 0.0625)
+# "mean": the hedge over the frozen fit and every half-life; "val": the half-life best on val.
+ONLINE_RULES = ("mean", "val")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hedge:
+    """The maps the online path averages: the online fit under each half-life (rows; inf: no
+    forgetting) and, with `frozen`, the training fit itself. One half-life, not frozen: that
+    online fit alone."""
+
+    half_lives: tuple[float, ...]
+    frozen: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.half_lives and not self.frozen:
+            raise ValueError("a hedge needs at least one half-life or the frozen fit")
+        for h in self.half_lives:
+            _gamma(h)  # a clear error for a bad half-life
+
+    def describe(self) -> str:
+        """E.g. "mean of frozen, inf, 8640" or "8640" (rows)."""
+        parts = (["frozen"] if self.frozen else []) + [f"{h:g}" for h in self.half_lives]
+        return parts[0] if len(parts) == 1 else "mean of " + ", ".join(parts)
+
+    def mean(self, fit: LinearFit, betas: dict[float, np.ndarray]) -> np.ndarray:
+        """The hedge's map from each half-life's map (and the fit's)."""
+        maps = [betas[h] for h in self.half_lives] + ([fit.beta] if self.frozen else [])
+        return maps[0] if len(maps) == 1 else np.mean(np.stack(maps), axis=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,32 +296,69 @@ def _online_blocks(
         yield at, [online_beta(st, fit.ridge, fit.channel_pull) for st in states]
 
 
+def _hedged_blocks(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    hedges: list[Hedge],
+    origins: tuple[int, int],
+    every: int,
+) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """`_online_blocks` for every half-life the hedges name (each solved once), yielding each
+    hedge's map per block."""
+    half_lives = list(dict.fromkeys(h for hedge in hedges for h in hedge.half_lives))
+    if not half_lives:  # frozen only: the training fit at every origin
+        every = _every(fit, every)
+        for origin in range(origins[0], origins[1] + 1, every):
+            at = np.arange(origin, min(origin + every, origins[1] + 1))
+            yield at, [fit.beta for _ in hedges]
+        return
+    for at, betas in _online_blocks(data, splits, fit, half_lives, origins, every):
+        by = dict(zip(half_lives, betas, strict=True))
+        yield at, [hedge.mean(fit, by) for hedge in hedges]
+
+
 def online_maps(
     data: SeriesData,
     splits: Splits,
     fit: LinearFit,
-    half_life: float,
+    hedge: Hedge,
     origins: tuple[int, int],
     every: int = 0,
 ) -> OnlineMaps:
-    """The online fit carried from the windows ending by origins[0] to origins[1], solved every
-    `every` rows. half_life in rows (inf: no forgetting); every 0: the cycle's length (one day),
-    or 1 without a cycle."""
-    blocks = _online_blocks(data, splits, fit, [half_life], origins, every)
-    return OnlineMaps(origins[0], _every(fit, every), [betas[0] for _, betas in blocks])
+    """The online path's maps from the windows ending by origins[0] to origins[1], solved every
+    `every` rows (0: the cycle's length, one day, or 1 without a cycle): the hedge's mean of the
+    online fit under each of its half-lives (and the frozen fit)."""
+    return online_maps_of(data, splits, fit, [hedge], origins, every)[0]
+
+
+def online_maps_of(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    hedges: list[Hedge],
+    origins: tuple[int, int],
+    every: int = 0,
+) -> list[OnlineMaps]:
+    """`online_maps` of several hedges in one pass (each half-life solved once)."""
+    blocks = [betas for _, betas in _hedged_blocks(data, splits, fit, hedges, origins, every)]
+    return [
+        OnlineMaps(origins[0], _every(fit, every), [b[i] for b in blocks])
+        for i in range(len(hedges))
+    ]
 
 
 def online_forecasts(
     data: SeriesData,
     splits: Splits,
     fit: LinearFit,
-    half_life: float,
+    hedge: Hedge,
     origins: tuple[int, int],
     every: int = 0,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """The online fit's forecasts at every origin in [origins[0], origins[1]] (`online_maps`):
+    """The online path's forecasts at every origin in [origins[0], origins[1]] (`online_maps`):
     (series, window starts [N], forecasts [N, H, C]) per block of origins and series."""
-    maps = online_maps(data, splits, fit, half_life, origins, every)
+    maps = online_maps(data, splits, fit, hedge, origins, every)
     scale, floor = model_scale(data, splits.train)
     windows = FitWindows(data, fit, scale, floor)
     for at, beta in maps.blocks(origins[1]):
@@ -299,6 +380,27 @@ def linear_part(model: Forecaster, ridge: float = 0.0) -> LinearFit:
     return LinearFit(beta, ridge, math.nan, cycle, 0.0 if beta.ndim == 3 else math.inf)
 
 
+class BackbonePart:
+    """A model's forecast less its own linear path's part (the members' averaged): what the
+    online path's swap keeps. members: the model, or the members of a mean ensemble."""
+
+    def __init__(self, members: list[Forecaster], data: SeriesData, splits: Splits):
+        scale, floor = model_scale(data, splits.train)
+        self.own = [FitWindows(data, linear_part(m), scale, floor) for m in members]
+        self.lookback = self.own[0].lookback
+        if any(w.lookback != self.lookback for w in self.own):
+            raise ValueError("the members' linear paths differ in length")
+
+    def __call__(self, series: int, origins: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """pred [N, h, C] at `origins` [N] (h <= the linear path's horizon) -> its part left."""
+        h = pred.shape[1]
+        starts = origins - self.lookback + 1
+        out = np.array(pred, dtype=np.float64)
+        for own in self.own:
+            out -= own.forecast(series, starts, own.fit.beta)[:, :h] / len(self.own)
+        return out
+
+
 class OnlinePath:
     """A model's forecast with its linear path's part swapped for the online fit's:
     pred - (the members' own linear path, averaged) + (the online fit), per origin. The
@@ -314,8 +416,8 @@ class OnlinePath:
     ):
         scale, floor = model_scale(data, splits.train)
         self.online = FitWindows(data, fit, scale, floor)
-        self.own = [FitWindows(data, linear_part(m), scale, floor) for m in members]
-        if any(w.lookback != self.online.lookback for w in self.own):
+        self.backbone = BackbonePart(members, data, splits)
+        if self.backbone.lookback != self.online.lookback:
             raise ValueError("the online fit and the model's linear path differ in length")
         self.maps = maps
 
@@ -324,13 +426,11 @@ class OnlinePath:
         h = pred.shape[1]
         starts = origins - self.online.lookback + 1
         index = self.maps.beta_of(origins)
-        out = np.array(pred, dtype=np.float64)
+        out = self.backbone(series, origins, pred)
         for block in np.unique(index):
             rows = index == block
             beta = self.maps.betas[block]
             out[rows] += self.online.forecast(series, starts[rows], beta)[:, :h]
-        for own in self.own:
-            out -= own.forecast(series, starts, own.fit.beta)[:, :h] / len(self.own)
         return out
 
 
@@ -338,13 +438,14 @@ def score_online_fit(
     data: SeriesData,
     splits: Splits,
     fit: LinearFit,
-    half_life: float,
+    hedge: Hedge,
     scales: list[np.ndarray],
     every: int = 0,
 ) -> tuple[list[EvalResult], list[EvalResult]]:
-    """Every val and test window forecast by the online fit started from the training windows and
-    carried through val into test: (val results, test results), one per scale [C]."""
-    return score_online_fits(data, splits, fit, [half_life], scales, every)[0]
+    """Every val and test window forecast by the online path (the hedge's maps) started from the
+    training windows and carried through val into test: (val results, test results), one per
+    scale [C]."""
+    return score_online_fits(data, splits, fit, [hedge], scales, every)[0]
 
 
 def split_origins(splits: Splits, horizon: int) -> dict[str, tuple[int, int]]:
@@ -367,69 +468,136 @@ def score_online_fits(
     data: SeriesData,
     splits: Splits,
     fit: LinearFit,
-    half_lives: list[float],
+    hedges: list[Hedge],
     scales: list[np.ndarray],
     every: int = 0,
     tick: Callable[[], object] | None = None,
 ) -> list[tuple[list[EvalResult], list[EvalResult]]]:
-    """`score_online_fit` under each half-life, in one pass over the data (the windows read once
-    for all): one (val results, test results) per half-life. tick: called after each block."""
+    """`score_online_fit` of each hedge, in one pass over the data (each half-life solved once,
+    the windows read once for all): one (val results, test results) per hedge. tick: called
+    after each block."""
+    return score_online_parts(data, splits, fit, hedges, scales, [None], every, tick)[0]
+
+
+# (series, origins [N]) -> [N, H, C]: a forecast part the online path's is added to.
+Part = Callable[[int, np.ndarray], np.ndarray]
+
+
+def score_online_parts(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    hedges: list[Hedge],
+    scales: list[np.ndarray],
+    parts: list[Part | None],
+    every: int = 0,
+    tick: Callable[[], object] | None = None,
+) -> list[list[tuple[list[EvalResult], list[EvalResult]]]]:
+    """`score_online_fits` with each hedge's forecast added to each part: None, the fit alone;
+    a model's backbone part (`BackbonePart` of its forecast), the model with its linear path
+    swapped for each hedge's. One pass for all: [part][hedge] -> (val results, test results)."""
     horizon, lookback = fit.horizon, fit.lookback
     ranges = split_origins(splits, horizon)
-    sums = [{name: [ErrorSums(horizon, s) for s in scales] for name in ranges} for _ in half_lives]
+    sums = [
+        [{name: [ErrorSums(horizon, s) for s in scales] for name in ranges} for _ in hedges]
+        for _ in parts
+    ]
     scale, floor = model_scale(data, splits.train)
     windows = FitWindows(data, fit, scale, floor)
     span = (ranges["val"][0], ranges["test"][1])
-    for origin, betas in _online_blocks(data, splits, fit, half_lives, span, every):
+    for origin, betas in _hedged_blocks(data, splits, fit, hedges, span, every):
         starts = origin - lookback + 1
         for series in range(data.n_series):
             preds = windows.forecast_many(series, starts, betas)
-            for name, (lo, hi) in ranges.items():
-                keep = (origin >= lo) & (origin <= hi)
-                if keep.any():
-                    truth = data.values[series, origin[keep][:, None] + 1 + np.arange(horizon)]
-                    for pred, by in zip(preds, sums, strict=True):
-                        for e in by[name]:
-                            e.add(pred[keep], truth)
+            for part, by_hedge in zip(parts, sums, strict=True):
+                base = 0.0 if part is None else part(series, origin)
+                for name, (lo, hi) in ranges.items():
+                    keep = (origin >= lo) & (origin <= hi)
+                    if keep.any():
+                        truth = data.values[series, origin[keep][:, None] + 1 + np.arange(horizon)]
+                        for pred, by in zip(preds, by_hedge, strict=True):
+                            for e in by[name]:
+                                e.add((base + pred)[keep], truth)
         if tick is not None:
             tick()
-    return [([e.result() for e in by["val"]], [e.result() for e in by["test"]]) for by in sums]
+    return [
+        [([e.result() for e in by["val"]], [e.result() for e in by["test"]]) for by in by_hedge]
+        for by_hedge in sums
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
 class OnlineChoice:
-    """The half-life (rows) chosen on val, its val and test results (one per scale), and the val
-    MSE (model scale) of every half-life tried."""
+    """The hedge the rule gave, its val and test results (one per scale), and the val MSE (model
+    scale) of every hedge scored: the frozen fit, each half-life alone, and their mean."""
 
-    half_life: float
+    hedge: Hedge
     val: list[EvalResult]
     test: list[EvalResult]
-    tried: dict[float, float]
+    tried: dict[str, float]
 
 
-def choose_half_life(
+def online_choice(
     data: SeriesData,
     splits: Splits,
     fit: LinearFit,
     scales: list[np.ndarray],
+    rule: str = "mean",
     every: int = 0,
     fractions: tuple[float, ...] = HALF_LIVES,
     tick: Callable[[], object] | None = None,
 ) -> OnlineChoice:
-    """score_online_fit at each half-life (fractions of the training rows; all in one pass), the
-    lowest val MSE under the first scale chosen; ties keep the earlier (no forgetting first).
-    tick: called after each block of `online_span` (a progress bar)."""
+    """The online path under `rule` (ONLINE_RULES), half-lives as fractions of the training rows.
+    "mean": the hedge over the frozen fit and every half-life; "val": the half-life alone with
+    the lowest val MSE under the first scale (ties keep the earlier: no forgetting first). tick:
+    called after each block of `online_span` (a progress bar)."""
+    return online_choices(data, splits, fit, scales, (rule,), every, fractions, tick)[rule]
+
+
+def online_choices(
+    data: SeriesData,
+    splits: Splits,
+    fit: LinearFit,
+    scales: list[np.ndarray],
+    rules: tuple[str, ...] = ONLINE_RULES,
+    every: int = 0,
+    fractions: tuple[float, ...] = HALF_LIVES,
+    tick: Callable[[], object] | None = None,
+) -> dict[str, OnlineChoice]:
+    """`online_choice` under each rule, every candidate scored in one pass, so each choice's
+    `tried` holds them all: the frozen fit, each half-life alone, and the mean."""
+    for rule in rules:
+        _check_rule(rule)  # before the pass, not after it
+    hedges = online_candidates(splits, fractions)
+    scored = score_online_fits(data, splits, fit, hedges, scales, every, tick)
+    val_mse = [val[0].mse for val, _ in scored]
+    tried = {h.describe(): v for h, v in zip(hedges, val_mse, strict=True)}
+    at = {rule: pick_hedge(rule, hedges, val_mse) for rule in rules}
+    return {rule: OnlineChoice(hedges[at[rule]], *scored[at[rule]], tried) for rule in rules}
+
+
+def online_candidates(splits: Splits, fractions: tuple[float, ...] = HALF_LIVES) -> list[Hedge]:
+    """What the rules choose among: the frozen fit, each half-life alone (fractions of the
+    training rows), and the mean of them all."""
     if not fractions:
-        raise ValueError("choose_half_life needs at least one half-life to try")
+        raise ValueError("the online fit needs at least one half-life")
     n_train = splits.train[1] - splits.train[0]
-    half_lives = [frac * n_train for frac in fractions]
-    scored = score_online_fits(data, splits, fit, half_lives, scales, every, tick)
-    best = min(range(len(half_lives)), key=lambda i: scored[i][0][0].mse)  # first of ties
-    return OnlineChoice(
-        half_lives[best],
-        *scored[best],
-        {h: val[0].mse for h, (val, _) in zip(half_lives, scored, strict=True)},
-    )
+    half_lives = tuple(frac * n_train for frac in fractions)
+    return [Hedge((), frozen=True), *(Hedge((h,)) for h in half_lives), Hedge(half_lives, True)]
+
+
+def pick_hedge(rule: str, candidates: list[Hedge], val_mse: list[float]) -> int:
+    """The index of the candidate (`online_candidates`) the rule keeps: "mean", the mean of them
+    all; "val", the half-life alone with the lowest val MSE (ties keep the earlier)."""
+    if _check_rule(rule) == "mean":
+        return len(candidates) - 1
+    return min(range(1, len(candidates) - 1), key=lambda i: val_mse[i])
+
+
+def _check_rule(rule: str) -> str:
+    if rule not in ONLINE_RULES:
+        raise ValueError(f"unknown online rule {rule!r}; known: {', '.join(ONLINE_RULES)}")
+    return rule
 
 
 def online_path(
@@ -440,11 +608,12 @@ def online_path(
     lookback: int,
     horizon: int,
     progress: bool = False,
-) -> tuple[OnlinePath, float]:
+    rule: str = "mean",
+) -> tuple[OnlinePath, Hedge]:
     """The online linear path for scoring `model` on `split` in full history (`statecast
     evaluate --full-history --online`): the closed-form fit of the model's linear path (its
-    length, horizon and cycle) on the training rows, the half-life the fit alone scores best on
-    val, and the maps over the split's origins. -> (the swap, the half-life in rows).
+    length, horizon and cycle) on the training rows, the hedge `rule` gives (`online_choice`),
+    and its maps over the split's origins. -> (the swap, the hedge).
     progress: a tqdm bar on stderr over the fit and the half-lives (minutes on long data)."""
     linear = model.linear
     if linear is None or not linear.window_norm:
@@ -461,8 +630,8 @@ def online_path(
         bar.total = 1 + len(online_span(splits, fit))
         bar.update()
         scale, _ = model_scale(data, splits.train)
-        choice = choose_half_life(data, splits, fit, [scale], tick=bar.update)
+        choice = online_choice(data, splits, fit, [scale], rule, tick=bar.update)
     starts = window_starts(splits.get(split), lookback, horizon)
     origins = (int(starts[0]) + lookback - 1, int(starts[-1]) + lookback - 1)
-    maps = online_maps(data, splits, fit, choice.half_life, origins)
-    return OnlinePath([model], fit, maps, data, splits), choice.half_life
+    maps = online_maps(data, splits, fit, choice.hedge, origins)
+    return OnlinePath([model], fit, maps, data, splits), choice.hedge

@@ -172,14 +172,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     data = read_dataset(args.data, data_cfg)
     lookback = args.lookback or int(extra["lookback"])
-    online, half_life = None, None
+    online, hedge = None, None
     if args.online:
         from pipelines.online_fit import online_path
         from pipelines.protocol import protocol_splits
 
         splits = protocol_splits(data.name, data.n_steps, args.split_mode)
-        online, half_life = online_path(
-            model, data, splits, args.split, lookback, args.horizon, not args.no_progress
+        online, hedge = online_path(
+            model,
+            data,
+            splits,
+            args.split,
+            lookback,
+            args.horizon,
+            not args.no_progress,
+            args.online_rule,
         )
     res = evaluate_model(
         model,
@@ -193,8 +200,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         online=online,
     )
     summary: dict[str, object] = dict(res.summary())
-    if args.online:
-        summary["online_half_life"] = half_life
+    if hedge is not None:
+        summary["online"] = {
+            "rule": args.online_rule,
+            "half_lives": list(hedge.half_lives),
+            "frozen": hedge.frozen,
+        }
     print(json.dumps(summary))
     return 0
 
@@ -495,7 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--online",
         action="store_true",
         help="with --full-history: the linear path refitted online as targets arrive "
-        "(half-life chosen on val; docs/RESULTS.md, ninth section)",
+        "(docs/RESULTS.md, ninth and twelfth sections)",
+    )
+    ev.add_argument(
+        "--online-rule",
+        default="mean",
+        choices=["mean", "val"],
+        help="--online: mean, the maps hedged over the frozen fit and every half-life; val, the "
+        "half-life best on val",
     )
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(fn=_evaluate)

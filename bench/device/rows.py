@@ -1,6 +1,7 @@
 """Prints the accuracy rows of a device call (bench/device/acc_sweepN.sh), one line each: the
 val and test of the unshrunk model and of each shrink grouping (pipelines/shrink.py) beside the
-row's own."""
+row's own, and with --online each rule's hedge: the fit alone's and the model's val / full
+history."""
 
 import json
 import sys
@@ -18,6 +19,12 @@ for path in map(Path, sys.argv[1:]):
         by = r.get("shrink_by_groups") or {}
         groups = " ".join(
             f"{g}:{fmt(v['val_mse'])}/{fmt(v['test_mse_protocol'])}" for g, v in by.items()
+        )
+        rules = " ".join(
+            f"{rule}[{v['hedge']}]:fit {fmt(v['fit_val_mse'])}/"
+            f"{fmt(v['fit_full_history_mse_protocol'])} "
+            f"model {fmt(v['val_mse'])}/{fmt(v['full_history_mse_protocol'])}"
+            for rule, v in (r.get("online_by_rule") or {}).items()
         )
         print(
             r["dataset"],
@@ -43,12 +50,6 @@ for path in map(Path, sys.argv[1:]):
             r["train_seconds"],
             r.get("score_seconds"),
             "| online",
-            fmt(r.get("online_half_life")),
-            fmt(r.get("online_fit_val_mse")),
-            fmt(r.get("online_fit_full_history_mse_protocol")),
-            "val",
-            fmt(r.get("online_val_mse")),
-            "fh",
-            fmt(r.get("full_history_online_mse_protocol")),
+            rules,
             r.get("online_seconds"),
         )

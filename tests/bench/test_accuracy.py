@@ -111,12 +111,18 @@ def test_a_saved_fit_is_the_fit(toy_csv: Path, tmp_path: Path, cycle: int) -> No
     assert val == pytest.approx(row["val_mse"], rel=1e-5)
 
 
-def test_the_online_row_is_the_online_fit_chosen_on_val(toy_csv: Path, tmp_path: Path) -> None:
-    """--ridge-linear --online: the half-life with the lowest val, scored in full-history mode;
-    from a saved fit the same figures as from a fresh one."""
+def test_the_online_row_is_the_online_fit_under_its_rule(toy_csv: Path, tmp_path: Path) -> None:
+    """--ridge-linear --online: the hedge over the frozen fit and every half-life (--online-rule
+    mean), or the half-life with the lowest val (val), scored in full-history mode; from a saved
+    fit the same figures as from a fresh one."""
     fresh = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24)
-    tried = fresh["config"]["half_lives_val_mse"]
-    assert fresh["val_mse"] == min(tried.values()) == tried[str(fresh["config"]["half_life"])]
+    tried = fresh["config"]["tried_val_mse"]
+    hedge = fresh["config"]["hedge"]
+    assert hedge.startswith("mean of frozen, inf, ") and fresh["val_mse"] == tried[hedge]
+    by_val = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24, rule="val")
+    singles = {h: v for h, v in tried.items() if h != "frozen" and not h.startswith("mean")}
+    assert len(singles) == 6 and by_val["config"]["tried_val_mse"] == tried
+    assert by_val["val_mse"] == min(singles.values()) == singles[by_val["config"]["hedge"]]
     assert fresh["test_mse"] is None and fresh["full_history_mse_protocol"] > 0
     ridge_linear(toy_csv, LOOKBACK, HORIZON, save_dir=str(tmp_path), cycle=24)
     saved = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, str(tmp_path), cycle=24)
@@ -148,12 +154,21 @@ def test_a_model_at_the_fit_with_the_online_path_is_the_online_fit(
     model.fit_scaler(torch.from_numpy(data.values[:, splits.train[0] : splits.train[1]]))
     init_linear_ridge(model, data, cfg, str(tmp_path))
     got = online_scores([model], model, data, toy_csv, cfg, str(tmp_path))
-    assert got["online_half_life"] == alone["config"]["half_life"]
+    assert got["online_hedge"] == alone["config"]["hedge"]
     assert got["online_fit_val_mse"] == alone["val_mse"]
     # Float32 model against the float64 fit.
     assert got["online_val_mse"] == pytest.approx(alone["val_mse"], rel=1e-5)
     assert got["full_history_online_mse_protocol"] == pytest.approx(
         alone["full_history_mse_protocol"], rel=1e-5
+    )
+    # The other rule's swap, from the same pass.
+    by_val = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24, per_channel=per_channel,
+                                 rule="val")  # fmt: skip
+    other = got["online_by_rule"]["val"]
+    assert other["hedge"] == by_val["config"]["hedge"]
+    assert other["val_mse"] == pytest.approx(by_val["val_mse"], rel=1e-5)
+    assert other["full_history_mse_protocol"] == pytest.approx(
+        by_val["full_history_mse_protocol"], rel=1e-5
     )
     # The test can fail: a backbone part that is not zero moves the figures.
     assert model.head is not None
@@ -217,14 +232,15 @@ def test_shrink_keeps_the_weight_best_on_val_for_runs_and_ensembles(
 def test_a_seed_ensemble_reports_its_full_history_with_the_online_path(
     toy_csv: Path, tmp_path: Path
 ) -> None:
-    """--ensemble-from DIR --online: the half-life is the fit alone's choice, and the fields come
-    only when asked for (what the swap computes: the test above)."""
+    """--ensemble-from DIR --online: the hedge is the fit alone's, under the rule asked for, and
+    the fields come only when asked for (what the swap computes: the test above)."""
     for seed in (0, 1):
         cfg = config(toy_csv, lr=3e-3, epochs=1, seed=seed, cycle_length=24)
         run_one(toy_csv, cfg, "cpu", "on", str(tmp_path), scores="window", linear_init="ridge")
-    alone = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24)
-    (ens,) = ensembles(tmp_path, "cpu", scores="all", online=True)
-    assert ens["online_half_life"] == alone["config"]["half_life"]
+    alone = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24, rule="val")
+    (ens,) = ensembles(tmp_path, "cpu", scores="all", online=True, online_rule="val")
+    assert ens["online_rule"] == "val" and list(ens["online_by_rule"]) == ["val", "mean"]
+    assert ens["online_hedge"] == alone["config"]["hedge"]
     assert ens["online_fit_full_history_mse_protocol"] == alone["full_history_mse_protocol"]
     assert math.isfinite(ens["full_history_online_mse_protocol"])
     assert math.isfinite(ens["online_val_mse"])

@@ -28,10 +28,12 @@ from pipelines.linear_fit import (
 )
 from pipelines.online_fit import (
     FitWindows,
+    Hedge,
     OnlineSums,
     add_windows,
-    choose_half_life,
     online_beta,
+    online_choice,
+    online_choices,
     online_forecasts,
     online_path,
     score_online_fit,
@@ -147,13 +149,17 @@ def test_the_online_maps_per_channel_are_each_channels_ridge_pulled_to_the_share
             np.testing.assert_allclose(got[c], want, rtol=1e-8, atol=1e-10)
 
 
-def test_without_a_solve_it_is_the_training_fit(toy: SeriesData) -> None:
+@pytest.mark.parametrize(
+    ("hedge", "every"), [(Hedge((math.inf,)), 10_000), (Hedge((), frozen=True), 7)]
+)
+def test_without_a_solve_it_is_the_training_fit(toy: SeriesData, hedge: Hedge, every: int) -> None:
     """Solved once at the first val origin, before any val window is seen, the online fit is the
-    closed-form fit (no cycle: one exact solve) on val and test alike."""
+    closed-form fit (no cycle: one exact solve) on val and test alike; so is the frozen member
+    of a hedge, however often the others solve."""
     splits = protocol_splits(toy.name, toy.n_steps)
     fit = fit_linear(toy, splits, LOOKBACK, HORIZON)
     scale, _ = model_scale(toy, splits.train)
-    val, test = score_online_fit(toy, splits, fit, math.inf, [scale], every=10_000)
+    val, test = score_online_fit(toy, splits, fit, hedge, [scale], every=every)
     (val_fit,) = score_linear_fit(toy, splits.val, fit, model_scale(toy, splits.train)[1], [scale])
     (test_fit,) = score_linear_fit(
         toy, splits.test, fit, model_scale(toy, splits.train)[1], [scale]
@@ -161,6 +167,26 @@ def test_without_a_solve_it_is_the_training_fit(toy: SeriesData) -> None:
     assert val[0].mse == pytest.approx(val_fit.mse, rel=1e-9)
     assert test[0].mse == pytest.approx(test_fit.mse, rel=1e-9)
     assert (val[0].windows, test[0].windows) == (val_fit.windows, test_fit.windows)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_hedge_forecasts_the_mean_of_its_members(toy: SeriesData, per_channel: bool) -> None:
+    """The hedge's map is the mean of its members' maps, so its forecast is the mean of their
+    forecasts: each half-life's online fit and the frozen training fit, origin by origin."""
+    splits = protocol_splits(toy.name, toy.n_steps)
+    fit = fit_linear(toy, splits, LOOKBACK, HORIZON, PERIOD, per_channel)
+    span = (splits.val[0] - 1, splits.test[1] - HORIZON - 1)
+    members = [Hedge((math.inf,)), Hedge((60.0,)), Hedge((), frozen=True)]
+    hedge = Hedge((math.inf, 60.0), frozen=True)
+    assert hedge.describe() == "mean of frozen, inf, 60"
+
+    def forecasts(h: Hedge) -> np.ndarray:
+        return np.concatenate([p for _, _, p in online_forecasts(toy, splits, fit, h, span)])
+
+    each = [forecasts(m) for m in members]
+    np.testing.assert_allclose(forecasts(hedge), sum(each) / 3, rtol=1e-10, atol=1e-12)
+    # The test can fail: the members do differ (a short half-life follows the val rows).
+    assert not np.allclose(each[0], each[1], rtol=1e-3)
 
 
 @pytest.mark.parametrize("every", [1, 7])
@@ -174,7 +200,8 @@ def test_no_value_after_an_origin_moves_its_forecast(toy: SeriesData, every: int
 
     def upto(data: SeriesData) -> dict[int, np.ndarray]:
         out = {}
-        for _, starts, pred in online_forecasts(data, splits, fit, 200.0, span, every):
+        hedge = Hedge((200.0, math.inf), frozen=True)
+        for _, starts, pred in online_forecasts(data, splits, fit, hedge, span, every):
             for s, p in zip(starts, pred, strict=True):
                 out[int(s) + LOOKBACK - 1] = p
         return out
@@ -190,7 +217,8 @@ def test_no_value_after_an_origin_moves_its_forecast(toy: SeriesData, every: int
 def test_a_change_of_regime_is_followed_online(tmp_path: Path) -> None:
     """A channel whose dynamics flip after the training rows (a slow oscillation, then a fast
     one): the training fit keeps forecasting the old one; the online fit, with the half-life
-    chosen on val, learns the new one from the val rows and scores far better on test."""
+    chosen on val, learns the new one from the val rows and scores far better on test. So does
+    the hedge, though its frozen member keeps forecasting the old regime."""
     rng = np.random.default_rng(2)
     n = 1000
     t = np.arange(n)
@@ -202,10 +230,17 @@ def test_a_change_of_regime_is_followed_online(tmp_path: Path) -> None:
     fit = fit_linear(data, splits, LOOKBACK, HORIZON)
     scale, floor = model_scale(data, splits.train)
     (static,) = score_linear_fit(data, splits.test, fit, floor, [scale])
-    choice = choose_half_life(data, splits, fit, [scale])
-    assert set(choice.tried) == {f * 700 for f in (math.inf, 1.0, 0.5, 0.25, 0.125, 0.0625)}
-    assert choice.val[0].mse == min(choice.tried.values())
-    assert choice.test[0].mse < 0.5 * static.mse
+    choices = online_choices(data, splits, fit, [scale])
+    singles = [f"{f * 700:g}" for f in (math.inf, 1.0, 0.5, 0.25, 0.125, 0.0625)]
+    mean = "mean of frozen, " + ", ".join(singles)
+    by_val, hedged = choices["val"], choices["mean"]
+    assert list(by_val.tried) == ["frozen", *singles, mean] and hedged.tried == by_val.tried
+    assert by_val.val[0].mse == min(by_val.tried[h] for h in singles)
+    (frozen,) = score_linear_fit(data, splits.val, fit, model_scale(data, splits.train)[1], [scale])
+    assert by_val.tried["frozen"] == pytest.approx(frozen.mse, rel=1e-9)
+    assert hedged.hedge.describe() == mean and hedged.val[0].mse == hedged.tried[mean]
+    assert by_val.test[0].mse < 0.5 * static.mse
+    assert hedged.test[0].mse < 0.5 * static.mse
 
 
 def test_a_training_gap_longer_than_a_window_is_left_out(tmp_path: Path) -> None:
@@ -222,7 +257,7 @@ def test_a_training_gap_longer_than_a_window_is_left_out(tmp_path: Path) -> None
     fit = fit_linear(data, splits, LOOKBACK, HORIZON, PERIOD)
     assert np.isfinite(fit.beta).all() and math.isfinite(fit.val_mse)
     scale, _ = model_scale(data, splits.train)
-    val, test = score_online_fit(data, splits, fit, math.inf, [scale])
+    val, test = score_online_fit(data, splits, fit, Hedge((math.inf, 50.0), frozen=True), [scale])
     assert math.isfinite(val[0].mse) and math.isfinite(test[0].mse)
 
 
@@ -250,7 +285,7 @@ def test_a_wholly_missing_input_window_forecasts_the_last_value_seen(tmp_path: P
     # daily profile scaled down to the floor's std (0.08 here, against the channel's 0.79).
     spread = np.abs(pred - a[519])
     assert spread.max() < 6 * math.sqrt(floor[0]) and spread.max() > 0
-    choice = choose_half_life(data, splits, fit, [scale])
+    choice = online_choice(data, splits, fit, [scale])
     assert all(math.isfinite(v) for v in choice.tried.values())
     assert math.isfinite(choice.test[0].mse)
     model, _ = _model_at_the_fit(data, PERIOD)
@@ -286,22 +321,23 @@ def _model_at_the_fit(data: SeriesData, cycle: int) -> tuple[Forecaster, LinearF
     return model, fit
 
 
-@pytest.mark.parametrize("split", ["val", "test"])
+@pytest.mark.parametrize(("split", "rule"), [("val", "mean"), ("test", "mean"), ("test", "val")])
 def test_full_history_with_the_online_path_is_the_online_fit_on_a_model_at_the_fit(
-    toy: SeriesData, split: str
+    toy: SeriesData, split: str, rule: str
 ) -> None:
     """statecast evaluate --full-history --online on a model whose forecast is its linear path:
-    the online fit alone, on the same origins, with the half-life the fit chooses on val."""
+    the online fit alone, on the same origins, with the hedge its rule gives."""
     model, fit = _model_at_the_fit(toy, PERIOD)
     splits = protocol_splits(toy.name, toy.n_steps)
-    swap, half_life = online_path(model, toy, splits, split, LOOKBACK, HORIZON)
+    swap, hedge = online_path(model, toy, splits, split, LOOKBACK, HORIZON, rule=rule)
     scale, _ = model_scale(toy, splits.train)
-    assert half_life == choose_half_life(toy, splits, fit, [scale]).half_life
+    assert hedge == online_choice(toy, splits, fit, [scale], rule).hedge
+    assert hedge.frozen == (rule == "mean")
     got = evaluate_model(model, toy, LOOKBACK, HORIZON, split, full_history=True, online=swap)
     bounds = splits.get(split)
     origins = (bounds[0] - 1, bounds[1] - HORIZON - 1)
     want = ErrorSums(HORIZON, scale)
-    for series, starts, pred in online_forecasts(toy, splits, fit, half_life, origins):
+    for series, starts, pred in online_forecasts(toy, splits, fit, hedge, origins):
         want.add(pred, toy.values[series, starts[:, None] + LOOKBACK + np.arange(HORIZON)])
     assert got.windows == want.result().windows
     # Float32 model against the float64 fit.
@@ -339,6 +375,10 @@ def test_bad_settings_are_clear_errors(toy: SeriesData) -> None:
     fit = fit_linear(toy, splits, LOOKBACK, HORIZON)
     scale, _ = model_scale(toy, splits.train)
     with pytest.raises(ValueError, match="half_life"):
-        score_online_fit(toy, splits, fit, 0.0, [scale])
-    with pytest.raises(ValueError, match="at least one"):
-        choose_half_life(toy, splits, fit, [scale], fractions=())
+        score_online_fit(toy, splits, fit, Hedge((0.0,)), [scale])
+    with pytest.raises(ValueError, match="at least one half-life or the frozen fit"):
+        Hedge(())
+    with pytest.raises(ValueError, match="at least one half-life"):
+        online_choice(toy, splits, fit, [scale], fractions=())
+    with pytest.raises(ValueError, match="unknown online rule 'best'"):
+        online_choice(toy, splits, fit, [scale], "best")

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import CYCLE_DAY, DataConfig, TrainConfig
 from pipelines.data import read_dataset
 from pipelines.linear_fit import fit_linear, model_scale
-from pipelines.online_fit import choose_half_life, online_forecasts
+from pipelines.online_fit import online_choice, online_forecasts
 from pipelines.protocol import ErrorSums, protocol_splits
 from pipelines.pyfunc import forecast_frame
 from pipelines.train import TrainResult, register_model, train
@@ -114,7 +114,8 @@ def test_evaluate_full_history_with_the_online_linear_path(
     trained: TrainResult, etth1_slice: Path
 ) -> None:
     """`statecast evaluate --full-history --online` on the logged model, which is the fit (see
-    above): the online fit alone on the test origins, with the half-life it chooses on val."""
+    above): the online fit alone on the test origins, hedged over the frozen fit and every
+    half-life (the default rule)."""
     proc = subprocess.run(
         [
             sys.executable, "-m", "statecast", "evaluate", "--model-uri", trained.model_uri,
@@ -129,12 +130,12 @@ def test_evaluate_full_history_with_the_online_linear_path(
     splits = protocol_splits(data.name, data.n_steps, "ratio")
     fit = fit_linear(data, splits, 32, 8, 24, per_channel=True)
     scale, _ = model_scale(data, splits.train)
-    assert out["online_half_life"] == choose_half_life(data, splits, fit, [scale]).half_life
+    hedge = online_choice(data, splits, fit, [scale]).hedge
+    assert out["online"] == {"rule": "mean", "half_lives": list(hedge.half_lives), "frozen": True}
+    assert len(hedge.half_lives) == 6
     want = ErrorSums(8, scale)
     origins = (splits.test[0] - 1, splits.test[1] - 8 - 1)
-    for series, starts, pred in online_forecasts(
-        data, splits, fit, out["online_half_life"], origins
-    ):
+    for series, starts, pred in online_forecasts(data, splits, fit, hedge, origins):
         want.add(pred, data.values[series, starts[:, None] + 32 + np.arange(8)])
     assert out["windows"] == want.result().windows
     assert out["mse"] == pytest.approx(want.result().mse, rel=1e-5)
