@@ -469,6 +469,10 @@ def ridge_linear_online(
             "rule": rule,
             "hedge": choice.hedge.describe(),
             "tried_val_mse": choice.tried,
+            # Every candidate's full-history test MSE on the protocol's scale.
+            "tried_full_history_mse_protocol": {
+                h: test[1].mse for h, test in choice.tried_test.items()
+            },
             "solve_every": cycle or 1,
         },
         "horizon": horizon,

@@ -528,13 +528,15 @@ def score_online_parts(
 
 @dataclasses.dataclass(frozen=True)
 class OnlineChoice:
-    """The hedge the rule gave, its val and test results (one per scale), and the val MSE (model
-    scale) of every hedge scored: the frozen fit, each half-life alone, and their mean."""
+    """The hedge the rule gave, its val and test results (one per scale), and of every hedge
+    scored (the frozen fit, each half-life alone, and their mean) the val MSE (model scale) and
+    the test results (one per scale)."""
 
     hedge: Hedge
     val: list[EvalResult]
     test: list[EvalResult]
     tried: dict[str, float]
+    tried_test: dict[str, list[EvalResult]]
 
 
 def online_choice(
@@ -572,8 +574,9 @@ def online_choices(
     scored = score_online_fits(data, splits, fit, hedges, scales, every, tick)
     val_mse = [val[0].mse for val, _ in scored]
     tried = {h.describe(): v for h, v in zip(hedges, val_mse, strict=True)}
+    tests = {h.describe(): test for h, (_, test) in zip(hedges, scored, strict=True)}
     at = {rule: pick_hedge(rule, hedges, val_mse) for rule in rules}
-    return {rule: OnlineChoice(hedges[at[rule]], *scored[at[rule]], tried) for rule in rules}
+    return {rule: OnlineChoice(hedges[at[rule]], *scored[at[rule]], tried, tests) for rule in rules}
 
 
 def online_candidates(splits: Splits, fractions: tuple[float, ...] = HALF_LIVES) -> list[Hedge]:

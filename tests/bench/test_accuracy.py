@@ -123,6 +123,11 @@ def test_the_online_row_is_the_online_fit_under_its_rule(toy_csv: Path, tmp_path
     singles = {h: v for h, v in tried.items() if h != "frozen" and not h.startswith("mean")}
     assert len(singles) == 6 and by_val["config"]["tried_val_mse"] == tried
     assert by_val["val_mse"] == min(singles.values()) == singles[by_val["config"]["hedge"]]
+    tests = fresh["config"]["tried_full_history_mse_protocol"]
+    assert list(tests) == list(tried)
+    assert tests == by_val["config"]["tried_full_history_mse_protocol"]
+    assert tests[hedge] == fresh["full_history_mse_protocol"]
+    assert tests[by_val["config"]["hedge"]] == by_val["full_history_mse_protocol"]
     assert fresh["test_mse"] is None and fresh["full_history_mse_protocol"] > 0
     ridge_linear(toy_csv, LOOKBACK, HORIZON, save_dir=str(tmp_path), cycle=24)
     saved = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, str(tmp_path), cycle=24)
