@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -201,9 +202,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     summary: dict[str, object] = dict(res.summary())
     if hedge is not None:
+        # Rows; "inf" (no forgetting) as a string, so the line stays strict JSON.
         summary["online"] = {
             "rule": args.online_rule,
-            "half_lives": list(hedge.half_lives),
+            "half_lives": [h if math.isfinite(h) else "inf" for h in hedge.half_lives],
             "frozen": hedge.frozen,
         }
     print(json.dumps(summary))

@@ -4,6 +4,7 @@ train on a slice of ETTh1, resume, register with the champion rule, load back th
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -131,8 +132,13 @@ def test_evaluate_full_history_with_the_online_linear_path(
     fit = fit_linear(data, splits, 32, 8, 24, per_channel=True)
     scale, _ = model_scale(data, splits.train)
     hedge = online_choice(data, splits, fit, [scale]).hedge
-    assert out["online"] == {"rule": "mean", "half_lives": list(hedge.half_lives), "frozen": True}
-    assert len(hedge.half_lives) == 6
+    assert out["online"] == {
+        "rule": "mean",
+        "half_lives": ["inf", *hedge.half_lives[1:]],
+        "frozen": True,
+    }
+    assert len(hedge.half_lives) == 6 and hedge.half_lives[0] == math.inf
+    assert "Infinity" not in proc.stdout  # strict JSON
     want = ErrorSums(8, scale)
     origins = (splits.test[0] - 1, splits.test[1] - 8 - 1)
     for series, starts, pred in online_forecasts(data, splits, fit, hedge, origins):
