@@ -70,7 +70,6 @@ __all__ = [
     "online_choices",
     "online_forecasts",
     "online_maps",
-    "online_maps_of",
     "online_path",
     "online_span",
     "pick_hedge",
@@ -329,23 +328,8 @@ def online_maps(
     """The online path's maps from the windows ending by origins[0] to origins[1], solved every
     `every` rows (0: the cycle's length, one day, or 1 without a cycle): the hedge's mean of the
     online fit under each of its half-lives (and the frozen fit)."""
-    return online_maps_of(data, splits, fit, [hedge], origins, every)[0]
-
-
-def online_maps_of(
-    data: SeriesData,
-    splits: Splits,
-    fit: LinearFit,
-    hedges: list[Hedge],
-    origins: tuple[int, int],
-    every: int = 0,
-) -> list[OnlineMaps]:
-    """`online_maps` of several hedges in one pass (each half-life solved once)."""
-    blocks = [betas for _, betas in _hedged_blocks(data, splits, fit, hedges, origins, every)]
-    return [
-        OnlineMaps(origins[0], _every(fit, every), [b[i] for b in blocks])
-        for i in range(len(hedges))
-    ]
+    blocks = _hedged_blocks(data, splits, fit, [hedge], origins, every)
+    return OnlineMaps(origins[0], _every(fit, every), [betas[0] for _, betas in blocks])
 
 
 def online_forecasts(
