@@ -945,6 +945,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"| {r['published_best_l96']} / "
             f"{r['published_best_any']} | {r['epochs']} | {r['train_seconds']} |"
         )
+    for r in rows:
+        tests = r.get("config", {}).get("tried_full_history_mse_protocol")
+        if tests:  # --ridge-linear --online: every candidate of the online rules
+            print(
+                f"\n{r['dataset']} H={r['horizon']} L={r['lookback']} online candidates, val MSE"
+                f" / full-history MSE (protocol); the row's rule keeps {r['config']['hedge']}:"
+            )
+            for hedge, test in tests.items():
+                print(f"  {hedge}: {r['config']['tried_val_mse'][hedge]:.5f} / {test:.5f}")
 
 
 if __name__ == "__main__":
