@@ -393,6 +393,19 @@ def ridge_linear(
     """`fit_linear` scored under the protocol: what the linear path can reach on its own, with no
     backbone and no SGD, in seconds on a CPU. With save_dir the fit is kept there for
     `--linear-init ridge --ridge-dir` (a safetensors file per dataset, H, L and cycle)."""
+    return ridge_linear_fit(path, lookback, horizon, save_dir, cycle, per_channel, pulls)[0]
+
+
+def ridge_linear_fit(
+    path: Path,
+    lookback: int,
+    horizon: int,
+    save_dir: str | None = None,
+    cycle: int = 0,
+    per_channel: bool = False,
+    pulls: tuple[float, ...] = CHANNEL_PULLS,
+) -> tuple[dict[str, Any], LinearFit]:
+    """`ridge_linear`'s row and the fit itself (--online starts from it: no second fit)."""
     start = time.perf_counter()
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
@@ -404,7 +417,7 @@ def ridge_linear(
     proto = protocol_scale(path, splits.train)
     test, test_p = score_linear_fit(data, splits.test, fit, floor, [scale, proto])
     published = PUBLISHED.get((data.name, horizon), (math.nan, math.nan))
-    return {
+    row = {
         "dataset": data.name,
         "kind": "ridge_linear",
         "config": {
@@ -432,6 +445,7 @@ def ridge_linear(
         "epochs": 0,
         "train_seconds": round(time.perf_counter() - start, 1),
     }
+    return row, fit
 
 
 def ridge_linear_online(
@@ -443,17 +457,20 @@ def ridge_linear_online(
     per_channel: bool = False,
     pulls: tuple[float, ...] = CHANNEL_PULLS,
     rule: str = "mean",
+    fit: LinearFit | None = None,
 ) -> dict[str, Any]:
     """The closed-form fit refitted online (pipelines/online_fit.py) in full-history mode: started
     from the training windows, carried through val into test, every window's map solved from the
     windows whose targets ended by its origin; the maps hedged over the half-lives (rule "mean")
     or the half-life best on val ("val"). The fit is read from ridge_dir when it holds one, else
-    made here. The row's val is the online path's; it has no window score (with a window only,
-    the map is the training fit: the --ridge-linear row)."""
+    made here, unless `fit` is given (the one `ridge_linear_fit` just made). The row's val is the
+    online path's; it has no window score (with a window only, the map is the training fit: the
+    --ridge-linear row)."""
     start = time.perf_counter()
     data = read_dataset(path, DataConfig())
     splits = protocol_splits(data.name, data.n_steps)
-    fit, _ = saved_or_fitted(data, lookback, horizon, cycle, per_channel, ridge_dir, pulls)
+    if fit is None:
+        fit, _ = saved_or_fitted(data, lookback, horizon, cycle, per_channel, ridge_dir, pulls)
     scale, _ = model_scale(data, splits.train)
     proto = protocol_scale(path, splits.train)
     choice = online_choice(data, splits, fit, [scale, proto], rule)
@@ -862,28 +879,27 @@ def main() -> None:
             args.datasets, args.horizons, args.lookbacks
         ):
             csv = Path(args.data_dir) / f"{name}.csv"
-            rows.append(
-                ridge_linear(
-                    csv,
-                    lookback,
-                    horizon,
-                    args.ridge_dir,
-                    args.cycle,
-                    args.per_channel,
-                    tuple(args.pulls),
-                )
+            row, fit = ridge_linear_fit(
+                csv,
+                lookback,
+                horizon,
+                args.ridge_dir,
+                args.cycle,
+                args.per_channel,
+                tuple(args.pulls),
             )
+            rows.append(row)
             if args.online:
+                # From the fit just made, not a second fit (nor a reload of the saved one).
                 rows.append(
                     ridge_linear_online(
                         csv,
                         lookback,
                         horizon,
-                        args.ridge_dir,
-                        args.cycle,
-                        args.per_channel,
-                        tuple(args.pulls),
-                        args.online_rule,
+                        cycle=args.cycle,
+                        per_channel=args.per_channel,
+                        rule=args.online_rule,
+                        fit=fit,
                     )
                 )
         if args.out:

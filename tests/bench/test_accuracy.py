@@ -19,6 +19,7 @@ from bench.accuracy import (
     online_scores,
     protocol_scale,
     ridge_linear,
+    ridge_linear_fit,
     ridge_linear_online,
     run_one,
 )
@@ -131,8 +132,14 @@ def test_the_online_row_is_the_online_fit_under_its_rule(toy_csv: Path, tmp_path
     assert fresh["test_mse"] is None and fresh["full_history_mse_protocol"] > 0
     ridge_linear(toy_csv, LOOKBACK, HORIZON, save_dir=str(tmp_path), cycle=24)
     saved = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, str(tmp_path), cycle=24)
+    # --ridge-linear --online hands its own fit over instead of fitting (or reading) it again.
+    row, fit = ridge_linear_fit(toy_csv, LOOKBACK, HORIZON, cycle=24)
+    plain = ridge_linear(toy_csv, LOOKBACK, HORIZON, cycle=24)
+    for key in ("val_mse", "test_mse_protocol", "config"):
+        assert row[key] == plain[key]
+    given = ridge_linear_online(toy_csv, LOOKBACK, HORIZON, cycle=24, fit=fit)
     for key in ("val_mse", "full_history_mse", "full_history_mse_protocol", "config"):
-        assert saved[key] == fresh[key]
+        assert saved[key] == fresh[key] == given[key]
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
